@@ -1,0 +1,44 @@
+# Pressline: two commands on a fresh Debian/Ubuntu machine with Python 3.11 and root.
+#   make run   - start the whole local stack in the foreground (Ctrl-C stops all of it)
+#   make test  - lint, type-check and run the whole suite
+# Everything the stack needs is installed here, idempotently.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit bench deps system-deps clean
+
+deps: $(STAMP) system-deps
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# System packages: redis-server (the broker the stack and the tests start themselves).
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server via apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+run: deps
+	$(BIN)/python -m infra.devstack
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: deps
+	$(BIN)/mypy shared workers functions localstack infra bench
+
+test: lint typecheck
+	$(BIN)/pytest -q
+
+bench: deps
+	$(BIN)/python -m bench.broker_bench
+
+clean:
+	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

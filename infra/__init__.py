@@ -1,0 +1,1 @@
+"""Packaging, deploys and the local stack runner."""

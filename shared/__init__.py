@@ -1,0 +1,1 @@
+"""Code shared by Pressline's functions and workers."""

@@ -1,0 +1,182 @@
+"""Every setting Pressline reads from the environment, in one place.
+
+Names follow what operators of this kind of system already use (``DRAMATIQ_BROKER_URL``,
+``QDRANT_URL``, ``HMAC_WEBHOOK_SECRET``, the standard ``OTEL_*`` and ``AWS_*`` variables);
+Pressline's own knobs are prefixed ``PRESSLINE_``. The README lists each with its default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+QUEUES: tuple[str, ...] = ("ingest", "infer", "post-process", "publish")
+
+
+@dataclass(frozen=True)
+class QueueConcurrency:
+    """How many worker processes and threads (or greenlets) serve one queue."""
+
+    processes: int
+    threads: int
+    gevent: bool = False
+
+
+#: Defaults sized for a 2-core machine: CPU-light stages get threads, the I/O-bound
+#: ``infer`` stage (LLM calls) runs under gevent with many greenlets.
+DEFAULT_CONCURRENCY: dict[str, QueueConcurrency] = {
+    "ingest": QueueConcurrency(processes=1, threads=8),
+    "infer": QueueConcurrency(processes=1, threads=64, gevent=True),
+    "post-process": QueueConcurrency(processes=1, threads=4),
+    "publish": QueueConcurrency(processes=1, threads=4),
+}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """An aggregate call rate for one upstream: ``limit`` calls per ``period_s`` seconds."""
+
+    limit: int
+    period_s: float
+    burst: int = 1
+
+    @property
+    def per_second(self) -> float:
+        return self.limit / self.period_s
+
+
+class ConfigError(ValueError):
+    """Raised when an environment variable holds a value Pressline cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+_CONCURRENCY_ITEM = re.compile(r"^(?P<queue>[a-z0-9-]+)=(?P<p>\d+)x(?P<t>\d+)(?P<g>:gevent)?$")
+
+
+def parse_concurrency(raw: str | None) -> dict[str, QueueConcurrency]:
+    """Parse ``ingest=2x8,infer=1x200:gevent`` over the defaults."""
+    result = dict(DEFAULT_CONCURRENCY)
+    if not raw:
+        return result
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        match = _CONCURRENCY_ITEM.match(item)
+        if match is None:
+            raise ConfigError(f"PRESSLINE_QUEUE_CONCURRENCY: cannot parse {item!r} (want queue=PxT[:gevent])")
+        queue = match["queue"]
+        if queue not in QUEUES:
+            raise ConfigError(f"PRESSLINE_QUEUE_CONCURRENCY: unknown queue {queue!r}")
+        processes, threads = int(match["p"]), int(match["t"])
+        if processes < 1 or threads < 1:
+            raise ConfigError(f"PRESSLINE_QUEUE_CONCURRENCY: {item!r} needs at least 1x1")
+        result[queue] = QueueConcurrency(processes, threads, gevent=bool(match["g"]))
+    return result
+
+
+_RATE_ITEM = re.compile(r"^(?P<name>[A-Za-z0-9_.:-]+)=(?P<n>\d+)/(?P<per>\d*\.?\d*)(?P<unit>ms|s|m|h)(?::(?P<b>\d+))?$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate_limits(raw: str | None) -> dict[str, RateLimit]:
+    """Parse ``openai=500/m,wordpress=10/s:5`` (name=limit/[n]unit[:burst])."""
+    result: dict[str, RateLimit] = {}
+    if not raw:
+        return result
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        match = _RATE_ITEM.match(item)
+        if match is None:
+            raise ConfigError(f"PRESSLINE_RATE_LIMITS: cannot parse {item!r} (want name=N/unit[:burst])")
+        per = float(match["per"] or 1) * _UNIT_SECONDS[match["unit"]]
+        limit = int(match["n"])
+        if limit < 1 or per <= 0:
+            raise ConfigError(f"PRESSLINE_RATE_LIMITS: {item!r} must allow at least one call per period")
+        result[match["name"]] = RateLimit(limit=limit, period_s=per, burst=int(match["b"] or 1))
+    return result
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Pressline's configuration. Build it with :meth:`from_env`; pass it down explicitly."""
+
+    broker_url: str = "redis://127.0.0.1:6380/0"
+    namespace: str = "pressline"
+    aws_endpoint_url: str | None = "http://127.0.0.1:4566"
+    aws_region: str = "us-east-1"
+    payload_bucket: str = "pressline-payloads"
+    claim_check_bytes: int = 16 * 1024
+    qdrant_url: str | None = None
+    hmac_webhook_secret: str | None = None
+    webhook_secret_name: str = "pressline/webhook-hmac"
+    concurrency: dict[str, QueueConcurrency] = field(default_factory=lambda: dict(DEFAULT_CONCURRENCY))
+    rate_limits: dict[str, RateLimit] = field(default_factory=dict)
+    consumer_dead_after_ms: int = 30_000
+    drain_timeout_ms: int = 30_000
+    idempotency_ttl_s: int = 24 * 3600
+    job_ttl_s: int = 7 * 24 * 3600
+    dead_letter_maxlen: int = 100_000
+    max_retries: int = 5
+    min_backoff_ms: int = 500
+    max_backoff_ms: int = 5 * 60_000
+    metrics_port: int = 9191
+    log_level: str = "INFO"
+    otel_service_name: str = "pressline"
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_resource_attributes: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        default = cls()
+        endpoint = env.get("AWS_ENDPOINT_URL", default.aws_endpoint_url)
+        return cls(
+            broker_url=env.get("DRAMATIQ_BROKER_URL") or default.broker_url,
+            namespace=env.get("PRESSLINE_NAMESPACE") or default.namespace,
+            aws_endpoint_url=endpoint or None,
+            aws_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or default.aws_region,
+            payload_bucket=env.get("PRESSLINE_PAYLOAD_BUCKET") or default.payload_bucket,
+            claim_check_bytes=_int(env, "PRESSLINE_CLAIM_CHECK_BYTES", default.claim_check_bytes),
+            qdrant_url=env.get("QDRANT_URL") or None,
+            hmac_webhook_secret=env.get("HMAC_WEBHOOK_SECRET") or None,
+            webhook_secret_name=env.get("PRESSLINE_WEBHOOK_SECRET_NAME") or default.webhook_secret_name,
+            concurrency=parse_concurrency(env.get("PRESSLINE_QUEUE_CONCURRENCY")),
+            rate_limits=parse_rate_limits(env.get("PRESSLINE_RATE_LIMITS")),
+            consumer_dead_after_ms=_int(env, "PRESSLINE_CONSUMER_DEAD_AFTER_MS", default.consumer_dead_after_ms),
+            drain_timeout_ms=_int(env, "PRESSLINE_DRAIN_TIMEOUT_MS", default.drain_timeout_ms),
+            idempotency_ttl_s=_int(env, "PRESSLINE_IDEMPOTENCY_TTL_S", default.idempotency_ttl_s),
+            job_ttl_s=_int(env, "PRESSLINE_JOB_TTL_S", default.job_ttl_s),
+            dead_letter_maxlen=_int(env, "PRESSLINE_DEAD_LETTER_MAXLEN", default.dead_letter_maxlen),
+            max_retries=_int(env, "PRESSLINE_MAX_RETRIES", default.max_retries),
+            min_backoff_ms=_int(env, "PRESSLINE_MIN_BACKOFF_MS", default.min_backoff_ms),
+            max_backoff_ms=_int(env, "PRESSLINE_MAX_BACKOFF_MS", default.max_backoff_ms),
+            metrics_port=_int(env, "PRESSLINE_METRICS_PORT", default.metrics_port),
+            log_level=(env.get("PRESSLINE_LOG_LEVEL") or default.log_level).upper(),
+            otel_service_name=env.get("OTEL_SERVICE_NAME") or default.otel_service_name,
+            otel_exporter_otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            otel_resource_attributes=env.get("OTEL_RESOURCE_ATTRIBUTES") or "",
+        )

@@ -1,0 +1,258 @@
+"""One worker process's consumer of one queue stream.
+
+A background fetcher does ``XREADGROUP ... COUNT n BLOCK`` on a connection of its own and hands
+entries to Dramatiq through a local queue, so ``__next__`` never waits on Redis and an idle
+consumer costs one blocking read per ``block_ms``.  The fetcher reads no more than the cap on
+un-acked messages allows, so several processes share a backlog.  Dramatiq's worker threads ack
+concurrently; acks are gathered and sent as one ``XACK`` per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+
+from .keys import GROUP
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .broker import RedisStreamsBroker
+
+logger = logging.getLogger(__name__)
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class StreamMessageProxy(MessageProxy):
+    """A message together with the stream entry it came from."""
+
+    def __init__(self, message: Message, entry_id: bytes, redeliveries: int) -> None:
+        super().__init__(message)
+        self.entry_id = entry_id
+        self.redeliveries = redeliveries
+
+
+class StreamConsumer(Consumer):
+    """Consumes one queue for one worker process.
+
+    Parameters:
+      broker(RedisStreamsBroker)
+      queue_name(str)
+      prefetch(int): The cap on messages fetched and not yet acked.
+      timeout_ms(int): How long ``__next__`` waits before returning None.
+    """
+
+    def __init__(self, broker: RedisStreamsBroker, queue_name: str, *, prefetch: int, timeout_ms: int) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.keys = broker.keys(queue_name)
+        self.cap = max(1, prefetch)
+        self.timeout_s = timeout_ms / 1000
+        self._ready: queue.SimpleQueue[Entry] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._held: set[bytes] = set()  # fetched and not yet acked, nacked or returned
+        self._acks: list[bytes] = []
+        self._oldest_ack_at = 0.0
+        self._last_trim = time.monotonic()
+        self._running = True
+        self._fetch_client = redis.Redis(connection_pool=redis.ConnectionPool(**self._pool_kwargs()))
+        self._fetch_client_id: int | None = None
+        self._fetcher = threading.Thread(target=self._fetch_loop, name=f"fetch({queue_name})", daemon=True)
+        self._fetcher.start()
+
+    def _pool_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.broker.client.connection_pool.connection_kwargs)
+        kwargs["connection_class"] = self.broker.client.connection_pool.connection_class
+        kwargs["max_connections"] = 1
+        return kwargs
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        backoff = 0.05
+        while self._running:
+            with self._cond:
+                while self._running and len(self._held) >= self.cap:
+                    self._cond.wait(0.5)
+                if not self._running:
+                    return
+                want = self.cap - len(self._held)
+            try:
+                if self._fetch_client_id is None:
+                    self._fetch_client_id = int(self._fetch_client.client_id())
+                reply = self._fetch_client.xreadgroup(
+                    GROUP,
+                    self.broker.consumer_name,
+                    {self.keys.stream: ">"},
+                    count=want,
+                    block=self.broker.block_ms,
+                )
+                backoff = 0.05
+            except redis.ResponseError as e:
+                if "NOGROUP" in str(e):
+                    self.broker.ensure_group(self.queue_name)
+                    continue
+                raise
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                self._fetch_client_id = None
+                if not self._running:
+                    return
+                logger.warning("Fetching from %s failed (%s); retrying in %.2fs.", self.queue_name, e, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            entries: list[Entry] = reply[0][1] if reply else []
+            if not entries:
+                continue
+            with self._cond:
+                self._held.update(entry_id for entry_id, _ in entries)
+            for entry in entries:
+                self._ready.put(entry)
+
+    # -- dramatiq.Consumer ---------------------------------------------------------------------
+
+    def __next__(self) -> MessageProxy | None:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            self._flush_acks(force=False)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = min(remaining, self.broker.ack_delay_s) if self._acks else remaining
+            try:
+                entry_id, fields = self._ready.get(timeout=wait)
+            except queue.Empty:
+                continue
+            proxy = self._decode(entry_id, fields)
+            if proxy is not None:
+                return proxy
+
+    def _decode(self, entry_id: bytes, fields: dict[bytes, bytes]) -> StreamMessageProxy | None:
+        payload = fields.get(b"m", b"")
+        try:
+            message = Message(**self.broker.encoder.decode(payload))
+        except Exception as e:  # a foreign producer wrote something that is not a message
+            logger.error("Undecodable entry %r on %s; dead-lettering it.", entry_id, self.queue_name)
+            self._release(entry_id)
+            self.broker.dead_letter(self.queue_name, entry_id, payload, f"undecodable message: {e}", 0)
+            return None
+        return StreamMessageProxy(message, entry_id, int(fields.get(b"r", 0)))
+
+    def ack(self, message: MessageProxy) -> None:
+        entry_id = _entry_id(message)
+        batch: list[bytes] | None = None
+        with self._cond:
+            if entry_id not in self._held:
+                return
+            self._held.discard(entry_id)
+            if not self._acks:
+                self._oldest_ack_at = time.monotonic()
+            self._acks.append(entry_id)
+            if len(self._acks) >= self.broker.ack_batch:
+                batch, self._acks = self._acks, []
+            self._cond.notify()
+        if batch:
+            self._send_acks(batch)
+
+    def nack(self, message: MessageProxy) -> None:
+        entry_id = _entry_id(message)
+        exception = getattr(message, "_exception", None)
+        error = f"{type(exception).__name__}: {exception}"[:2000] if exception is not None else "failed"
+        attempts = self._attempts(message, exception)
+        payload = self.broker.encoder.encode(message._message.asdict())
+        try:
+            self.broker.dead_letter(self.queue_name, entry_id, payload, error, attempts)
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+        self._release(entry_id)
+
+    def _attempts(self, message: MessageProxy, exception: BaseException | None) -> int:
+        """How many times the message ran.  Dramatiq's Retries counts failed runs in
+        ``options["retries"]``, except a failure it does not retry (``throws``), which it leaves out."""
+        retries = int(message.options.get("retries", 0))
+        try:
+            actor = self.broker.get_actor(message.actor_name)
+        except Exception:
+            return max(1, retries)
+        throws = message.options.get("throws") or actor.options.get("throws")
+        if exception is not None and throws and isinstance(exception, throws):
+            return retries + 1
+        return max(1, retries)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        entry_ids = [_entry_id(m) for m in messages]
+        with self._cond:
+            entry_ids = [e for e in entry_ids if e in self._held]
+        if not entry_ids:
+            return
+        try:
+            self.broker.return_to_stream(self.queue_name, entry_ids)
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+        for entry_id in entry_ids:
+            self._release(entry_id)
+
+    def close(self) -> None:
+        """Stop fetching, send waiting acks and return everything still held to the stream."""
+        self._running = False
+        with self._cond:
+            self._cond.notify_all()
+        if self._fetch_client_id is not None:
+            try:
+                self.broker.client.client_unblock(self._fetch_client_id)
+            except redis.RedisError:
+                pass
+        self._fetcher.join(timeout=5)
+        self._flush_acks(force=True)
+        with self._cond:
+            leftovers = list(self._held)
+        if leftovers:
+            logger.info("Returning %d un-acked messages of %s to the stream.", len(leftovers), self.queue_name)
+            self.broker.return_to_stream(self.queue_name, leftovers)
+            with self._cond:
+                self._held.difference_update(leftovers)
+        self._fetch_client.close()
+
+    # -- acks ---------------------------------------------------------------------------------
+
+    def _release(self, entry_id: bytes) -> None:
+        with self._cond:
+            self._held.discard(entry_id)
+            self._cond.notify()
+
+    def _flush_acks(self, *, force: bool) -> None:
+        with self._cond:
+            if not self._acks:
+                return
+            if not force and time.monotonic() - self._oldest_ack_at < self.broker.ack_delay_s:
+                return
+            batch, self._acks = self._acks, []
+        self._send_acks(batch)
+
+    def _send_acks(self, batch: list[bytes]) -> None:
+        try:
+            self.broker.client.xack(self.keys.stream, GROUP, *batch)
+        except redis.ConnectionError as e:
+            with self._cond:
+                self._acks[:0] = batch
+            raise ConnectionClosed(e) from None
+        now = time.monotonic()
+        if now - self._last_trim >= self.broker.trim_interval_s:
+            self._last_trim = now
+            self.broker.trim(self.queue_name)
+
+
+def _entry_id(message: MessageProxy) -> bytes:
+    entry_id = getattr(message, "entry_id", None)
+    if entry_id is None:
+        raise TypeError("message did not come from a RedisStreamsBroker consumer")
+    return entry_id  # type: ignore[no-any-return]

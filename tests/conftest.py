@@ -1,0 +1,54 @@
+"""Real servers for the suite: a Redis on a free port and the AWS endpoint on port 4566."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from infra.redis_server import free_port, start_redis, stop_process
+from localstack.endpoint import Endpoint, ensure_endpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server started for this test session; yields its URL."""
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"), durable=False)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session's Redis, emptied before the test."""
+    redis.Redis.from_url(redis_server).flushall()
+    return redis_server
+
+
+@pytest.fixture(scope="session")
+def aws_endpoint() -> Iterator[Endpoint]:
+    """The local AWS endpoint on 4566 (moto's server unless a LocalStack already runs there)."""
+    endpoint = ensure_endpoint()
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ENDPOINT_URL"] = endpoint.url
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    try:
+        yield endpoint
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if endpoint.process is not None:
+            stop_process(endpoint.process)
