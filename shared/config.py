@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 QUEUES: tuple[str, ...] = ("ingest", "infer", "post-process", "publish")
 
+#: The port of the Redis that ``make run`` starts and owns (when ``DRAMATIQ_BROKER_URL`` is unset).
+DEFAULT_LOCAL_REDIS_PORT = 6380
+
 
 @dataclass(frozen=True)
 class QueueConcurrency:
@@ -124,15 +127,28 @@ def parse_rate_limits(raw: str | None) -> dict[str, RateLimit]:
 class Settings:
     """Pressline's configuration. Build it with :meth:`from_env`; pass it down explicitly."""
 
-    broker_url: str = "redis://127.0.0.1:6380/0"
+    broker_url: str = f"redis://127.0.0.1:{DEFAULT_LOCAL_REDIS_PORT}/0"
+    #: True when ``DRAMATIQ_BROKER_URL`` was set: the local stack then uses that Redis and starts none.
+    broker_is_external: bool = False
+    local_redis_port: int = DEFAULT_LOCAL_REDIS_PORT
+    #: Where the local stack keeps its files (Redis AOF, Prometheus DBs); relative to the project root.
+    data_dir: str = ".data"
     namespace: str = "pressline"
+    redis_max_connections: int = 64
+    redis_pool_timeout_s: float = 20.0
+    redis_socket_timeout_s: float = 10.0
     aws_endpoint_url: str | None = "http://127.0.0.1:4566"
     aws_region: str = "us-east-1"
+    #: Only whether credentials are configured matters here (boto3 reads them itself); see shared.aws.
+    aws_access_key_id: str | None = None
+    aws_profile: str | None = None
     payload_bucket: str = "pressline-payloads"
     claim_check_bytes: int = 16 * 1024
     qdrant_url: str | None = None
     hmac_webhook_secret: str | None = None
     webhook_secret_name: str = "pressline/webhook-hmac"
+    #: Secrets Manager names of the LLM provider keys: ``<prefix>openai`` and so on.
+    provider_secret_prefix: str = "pressline/providers/"
     concurrency: dict[str, QueueConcurrency] = field(default_factory=lambda: dict(DEFAULT_CONCURRENCY))
     rate_limits: dict[str, RateLimit] = field(default_factory=dict)
     consumer_dead_after_ms: int = 30_000
@@ -148,22 +164,35 @@ class Settings:
     otel_service_name: str = "pressline"
     otel_exporter_otlp_endpoint: str | None = None
     otel_resource_attributes: str = ""
+    otel_traces_sampler: str = "parentbased_always_on"
+    otel_traces_sampler_arg: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         default = cls()
         endpoint = env.get("AWS_ENDPOINT_URL", default.aws_endpoint_url)
+        local_redis_port = _int(env, "PRESSLINE_LOCAL_REDIS_PORT", default.local_redis_port)
+        external_broker_url = env.get("DRAMATIQ_BROKER_URL") or None
         return cls(
-            broker_url=env.get("DRAMATIQ_BROKER_URL") or default.broker_url,
+            broker_url=external_broker_url or f"redis://127.0.0.1:{local_redis_port}/0",
+            broker_is_external=external_broker_url is not None,
+            local_redis_port=local_redis_port,
+            data_dir=env.get("PRESSLINE_DATA_DIR") or default.data_dir,
             namespace=env.get("PRESSLINE_NAMESPACE") or default.namespace,
+            redis_max_connections=_int(env, "PRESSLINE_REDIS_MAX_CONNECTIONS", default.redis_max_connections),
+            redis_pool_timeout_s=_float(env, "PRESSLINE_REDIS_POOL_TIMEOUT_S", default.redis_pool_timeout_s),
+            redis_socket_timeout_s=_float(env, "PRESSLINE_REDIS_SOCKET_TIMEOUT_S", default.redis_socket_timeout_s),
             aws_endpoint_url=endpoint or None,
             aws_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or default.aws_region,
+            aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+            aws_profile=env.get("AWS_PROFILE") or None,
             payload_bucket=env.get("PRESSLINE_PAYLOAD_BUCKET") or default.payload_bucket,
             claim_check_bytes=_int(env, "PRESSLINE_CLAIM_CHECK_BYTES", default.claim_check_bytes),
             qdrant_url=env.get("QDRANT_URL") or None,
             hmac_webhook_secret=env.get("HMAC_WEBHOOK_SECRET") or None,
             webhook_secret_name=env.get("PRESSLINE_WEBHOOK_SECRET_NAME") or default.webhook_secret_name,
+            provider_secret_prefix=env.get("PRESSLINE_PROVIDER_SECRET_PREFIX") or default.provider_secret_prefix,
             concurrency=parse_concurrency(env.get("PRESSLINE_QUEUE_CONCURRENCY")),
             rate_limits=parse_rate_limits(env.get("PRESSLINE_RATE_LIMITS")),
             consumer_dead_after_ms=_int(env, "PRESSLINE_CONSUMER_DEAD_AFTER_MS", default.consumer_dead_after_ms),
@@ -179,4 +208,6 @@ class Settings:
             otel_service_name=env.get("OTEL_SERVICE_NAME") or default.otel_service_name,
             otel_exporter_otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
             otel_resource_attributes=env.get("OTEL_RESOURCE_ATTRIBUTES") or "",
+            otel_traces_sampler=(env.get("OTEL_TRACES_SAMPLER") or default.otel_traces_sampler).lower(),
+            otel_traces_sampler_arg=_float(env, "OTEL_TRACES_SAMPLER_ARG", default.otel_traces_sampler_arg),
         )

@@ -71,13 +71,12 @@ class QueueAdmin:
         group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
         now = current_millis()
         backlog, oldest_waiting = 0, 0
-        if group is not None:
-            last = group["last-delivered-id"]
-            waiting = self.client.xrange(keys.stream, min=_next_id(last), max="+", count=1)
-            if waiting:
-                oldest_waiting = max(0, now - _entry_ms(waiting[0][0]))
-                lag = group.get("lag")
-                backlog = int(lag) if lag is not None else self._count_after(keys.stream, last)
+        last = group["last-delivered-id"] if group is not None else "0-0"
+        waiting = self.client.xrange(keys.stream, min=_next_id(last), max="+", count=1)
+        if waiting:
+            oldest_waiting = max(0, now - _entry_ms(waiting[0][0]))
+            lag = group.get("lag") if group is not None else None
+            backlog = int(lag) if lag is not None else self._count_after(keys.stream, last)
         oldest_pending = max(0, now - _entry_ms(pending["min"])) if pending.get("min") else 0
         return QueueStats(
             queue_name=queue_name,

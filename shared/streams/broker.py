@@ -109,13 +109,15 @@ class RedisStreamsBroker(dramatiq.Broker):
         if queue_name in self.queues:
             return
         self.emit_before("declare_queue", queue_name)
-        self.ensure_group(queue_name)
         self.queues.add(queue_name)
         self.emit_after("declare_queue", queue_name)
 
     def ensure_group(self, queue_name: str) -> None:
-        """Create the queue's stream and consumer group if missing (reading from the start,
-        so messages added by other producers before the group existed are not skipped)."""
+        """Create the queue's stream and consumer group if missing.
+
+        Called when a consumer starts, not on declaration (which happens at import time).  The
+        group reads from the start of the stream, so messages added before it existed are kept.
+        """
         try:
             self.client.xgroup_create(self.keys(queue_name).stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as e:
@@ -149,6 +151,7 @@ class RedisStreamsBroker(dramatiq.Broker):
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> StreamConsumer:
         if queue_name not in self.queues:
             raise dramatiq.errors.QueueNotFound(queue_name)
+        self.ensure_group(queue_name)
         self._start_maintenance().watch(queue_name)
         return StreamConsumer(self, queue_name, prefetch=prefetch, timeout_ms=timeout)
 

@@ -73,6 +73,9 @@ class StreamConsumer(Consumer):
         kwargs = dict(self.broker.client.connection_pool.connection_kwargs)
         kwargs["connection_class"] = self.broker.client.connection_pool.connection_class
         kwargs["max_connections"] = 1
+        # A blocking read must outlast its own BLOCK time (redis-py 8 defaults to a 5 s timeout).
+        kwargs["socket_timeout"] = self.broker.block_ms / 1000 + 5.0
+        kwargs.pop("orig_socket_timeout", None)
         return kwargs
 
     # -- fetching ----------------------------------------------------------------------------

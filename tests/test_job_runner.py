@@ -1,0 +1,262 @@
+"""The job runner over real processes: dramatiq CLI workers, a real Redis and the moto server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq import Worker
+from dramatiq.common import current_millis
+from dramatiq.message import Message
+
+from localstack.endpoint import Endpoint
+from shared.aws import aws_client
+from shared.config import Settings
+from shared.jobs import JobState, JobStore
+from shared.streams import RedisStreamsBroker
+from tests.support.workers import ROOT, start_workers, stop_workers, worker_children, worker_env
+from workers.app import build_broker
+
+QUEUE = "runner-test"
+
+
+@pytest.fixture
+def settings(redis_url: str, aws_endpoint: Endpoint) -> Settings:
+    settings = Settings(broker_url=redis_url, aws_endpoint_url=aws_endpoint.url, consumer_dead_after_ms=2000)
+    s3 = aws_client("s3", settings)
+    try:
+        s3.create_bucket(Bucket=settings.payload_bucket)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return settings
+
+
+@pytest.fixture
+def producer(settings: Settings) -> Iterator[RedisStreamsBroker]:
+    """A bare broker in the test process that only enqueues (the workers are other processes)."""
+    broker = RedisStreamsBroker(url=settings.broker_url, namespace=settings.namespace)
+    broker.declare_queue(QUEUE)
+    yield broker
+    broker.close()
+
+
+def send(broker: RedisStreamsBroker, actor_name: str, *args: Any, **options: Any) -> None:
+    broker.enqueue(Message(queue_name=QUEUE, actor_name=actor_name, args=args, kwargs={}, options=options))
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ints(client: redis.Redis, key: str) -> list[int]:
+    return [int(x) for x in client.lrange(key, 0, -1)]
+
+
+def test_kill_9_of_a_worker_mid_run_loses_nothing(
+    producer: RedisStreamsBroker, settings: Settings, tmp_path: Path
+) -> None:
+    client = producer.client
+    env = {"PRESSLINE_CONSUMER_DEAD_AFTER_MS": "2000"}
+    victim = start_workers(settings.broker_url, threads=8, log=tmp_path / "victim.log", **env)
+    survivor = start_workers(settings.broker_url, threads=8, log=tmp_path / "survivor.log", **env)
+    try:
+        (victim_pid,) = worker_children(victim, 1)
+        worker_children(survivor, 1)
+        for i in range(2000):
+            options = {"idempotency_key": f"kill9-{i}"} if i % 2 == 0 else {}
+            send(producer, "record", i, 15, **options)
+        wait_for(lambda: client.llen("effects:pid") >= 300, 60, "the run to get going")
+        os.kill(victim_pid, signal.SIGKILL)
+        wait_for(
+            lambda: client.llen("effects:keyed") >= 1000 and len(set(ints(client, "effects:plain"))) >= 1000,
+            90,
+            "every message to complete",
+        )
+        keyed, plain = ints(client, "effects:keyed"), ints(client, "effects:plain")
+        assert sorted(keyed) == list(range(0, 2000, 2))  # effect exactly once per key
+        assert set(plain) == set(range(1, 2000, 2))  # at-least-once: nothing lost
+        wait_for(lambda: producer.admin.stats(QUEUE).pending == 0, 10, "nothing left pending")
+        stats = producer.admin.stats(QUEUE)
+        assert (stats.backlog, stats.dead) == (0, 0)
+        assert victim.wait(10) != 0  # dramatiq's main process stops when its worker dies
+        assert survivor.poll() is None
+        assert "Recovered" in (tmp_path / "survivor.log").read_text()
+    finally:
+        stop_workers(survivor)
+        stop_workers(victim)
+
+
+def test_two_worker_processes_split_a_backlog(producer: RedisStreamsBroker, settings: Settings) -> None:
+    client = producer.client
+    for i in range(600):
+        send(producer, "record", i, 10)
+    main = start_workers(settings.broker_url, processes=2, threads=4)
+    try:
+        pids = worker_children(main, 2)
+        wait_for(lambda: client.llen("effects:plain") >= 600, 60, "the backlog to drain")
+        shares = {pid: ints(client, "effects:pid").count(pid) for pid in pids}
+        assert sum(shares.values()) == 600
+        assert min(shares.values()) >= 150, shares  # both took a real share of the backlog
+    finally:
+        assert stop_workers(main) == 0
+
+
+def test_sigterm_drains_in_flight_work_and_returns_the_rest(
+    producer: RedisStreamsBroker, settings: Settings
+) -> None:
+    client = producer.client
+    for i in range(40):
+        send(producer, "started_then_record", i, 500)
+    main = start_workers(settings.broker_url, threads=4, shutdown_timeout_ms=10_000)
+    worker_children(main, 1)
+    wait_for(lambda: client.llen("effects:started") >= 4, 30, "work to start")
+    assert stop_workers(main, timeout_s=20) == 0  # a graceful exit within the drain timeout
+    started, finished = ints(client, "effects:started"), ints(client, "effects:finished")
+    assert sorted(started) == sorted(finished)  # everything in flight finished
+    stats = producer.admin.stats(QUEUE)
+    assert stats.pending == 0  # nothing is stuck with the stopped consumer
+    assert stats.backlog == 40 - len(finished)  # the rest went back to the stream
+    again = start_workers(settings.broker_url, threads=8)
+    try:
+        wait_for(lambda: client.llen("effects:finished") >= 40, 30, "the rest to run")
+        assert sorted(ints(client, "effects:finished")) == list(range(40))  # each exactly once
+    finally:
+        stop_workers(again)
+
+
+def test_gevent_workers_run_hundreds_of_io_bound_messages_at_once(
+    producer: RedisStreamsBroker, settings: Settings
+) -> None:
+    client = producer.client
+    for i in range(300):
+        send(producer, "started_then_record", i, 1500)
+    main = start_workers(settings.broker_url, threads=150, gevent=True)
+    try:
+        worker_children(main, 1)
+        wait_for(lambda: client.llen("effects:started") >= 100, 30, "greenlets to start")
+        assert client.llen("effects:finished") < client.llen("effects:started") - 50  # >50 at once
+        wait_for(lambda: client.llen("effects:finished") >= 300, 60, "all to finish")
+        assert sorted(ints(client, "effects:finished")) == list(range(300))
+    finally:
+        assert stop_workers(main) == 0
+
+
+def test_large_payloads_travel_through_s3(settings: Settings) -> None:
+    broker = build_broker(settings)
+    received: list[tuple[int, str]] = []
+
+    @dramatiq.actor(broker=broker, queue_name="bulky")
+    def measure(text: str) -> None:
+        received.append((len(text), text[:10]))
+
+    big = "0123456789" * 20_000  # 200 KB, well over the claim-check threshold
+    message = measure.send_with_options(args=(big,), tenant="acme")
+    (_, fields), *_ = broker.client.xrange(broker.keys("bulky").stream)
+    pointer = json.loads(fields[b"m"])
+    assert len(fields[b"m"]) < 1024
+    assert pointer["options"]["claim_check"] == (
+        f"s3://{settings.payload_bucket}/acme/claim-checks/{message.message_id}.json"
+    )
+    s3 = aws_client("s3", settings)
+    stored = s3.get_object(Bucket=settings.payload_bucket, Key=f"acme/claim-checks/{message.message_id}.json")
+    assert json.loads(stored["Body"].read())["args"] == [big]
+    worker = Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        wait_for(lambda: received == [(200_000, "0123456789")], 15, "the message to arrive whole")
+    finally:
+        worker.stop()
+        broker.close()
+
+
+def test_job_records_follow_success_retries_and_failure(settings: Settings) -> None:
+    broker = build_broker(settings)
+    jobs = JobStore(broker.client, settings.namespace, settings.job_ttl_s)
+    calls: dict[str, int] = {}
+
+    @dramatiq.actor(broker=broker, queue_name="records", max_retries=2, min_backoff=50, max_backoff=100)
+    def step(job: str, fail_times: int) -> str:
+        calls[job] = calls.get(job, 0) + 1
+        if calls[job] <= fail_times:
+            raise RuntimeError(f"attempt {calls[job]} failed")
+        return f"{job} done"
+
+    outcomes = {"ok": 0, "flaky": 1, "broken": 99}
+    for job, fail_times in outcomes.items():
+        jobs.create(job, tenant="acme", kind="step")
+        assert jobs.get(job).state is JobState.QUEUED  # type: ignore[union-attr]
+        step.send_with_options(args=(job, fail_times), job_id=job, tenant="acme")
+    worker = Worker(broker, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        wait_for(lambda: all(jobs.get(j).finished_at_ms for j in outcomes), 20, "jobs to finish")  # type: ignore[union-attr]
+    finally:
+        worker.stop()
+        broker.close()
+    ok, flaky, broken = (jobs.get(j) for j in outcomes)
+    assert ok and flaky and broken
+    assert (ok.state, ok.attempts, ok.last_error) == (JobState.SUCCEEDED, 1, None)
+    assert (flaky.state, flaky.attempts, flaky.last_error) == (
+        JobState.SUCCEEDED,
+        2,
+        "RuntimeError: attempt 1 failed",
+    )
+    assert (broken.state, broken.attempts, broken.last_error) == (
+        JobState.FAILED,
+        3,
+        "RuntimeError: attempt 3 failed",
+    )
+    assert ok.output_ref and ok.output_ref.startswith(f"s3://{settings.payload_bucket}/acme/jobs/ok/step-")
+    archived = json.loads(aws_client("s3", settings).get_object(
+        Bucket=settings.payload_bucket, Key=ok.output_ref.split("/", 3)[3]
+    )["Body"].read())
+    assert (archived["input"]["args"], archived["output"]) == (["ok", 0], "ok done")
+    assert ok.created_at_ms <= ok.started_at_ms <= ok.finished_at_ms <= current_millis()  # type: ignore[operator]
+
+
+def test_a_workflow_runs_through_the_four_stage_queues(settings: Settings, tmp_path: Path) -> None:
+    """What `make run` suggests trying: submit a job and watch it finish."""
+    main = start_workers(
+        settings.broker_url,
+        module="workers.app",
+        queues=("ingest", "infer", "post-process", "publish"),
+        threads=2,
+        log=tmp_path / "workers.log",
+    )
+    try:
+        worker_children(main, 1)
+        tenant = f"t{uuid.uuid4().hex[:6]}"
+        done = subprocess.run(
+            [sys.executable, "-m", "workers.submit", "--tenant", tenant, "--title", "Hi", "--source", "A. B. C. D."],
+            cwd=ROOT,
+            env=worker_env(settings.broker_url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        record = json.loads(done.stdout.split("\n", 1)[1])
+        assert (record["state"], record["stage"], record["tenant"]) == ("succeeded", "publish", tenant)
+        objects = aws_client("s3", settings).list_objects_v2(
+            Bucket=settings.payload_bucket, Prefix=f"{tenant}/jobs/{record['job_id']}/"
+        )
+        stages = sorted(o["Key"].rsplit("/", 1)[1].split("-")[0] for o in objects.get("Contents", []))
+        assert stages == ["infer", "ingest", "post_process", "publish"]
+    finally:
+        stop_workers(main)

@@ -1,0 +1,1 @@
+"""Long-lived Dramatiq workers: one queue per stage (ingest, infer, post-process, publish)."""

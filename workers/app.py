@@ -1,0 +1,80 @@
+"""The worker application: the broker, its middleware and the stage actors.
+
+Run a stage's workers with Dramatiq's own CLI, e.g. ``dramatiq workers.app -Q ingest -p 2 -t 8``
+(``dramatiq-gevent`` for the I/O-bound ``infer`` queue); ``make run`` starts one per queue with the
+concurrency of ``PRESSLINE_QUEUE_CONCURRENCY``.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+import redis
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from shared.aws import aws_client
+from shared.claim_check import ClaimCheckEncoder
+from shared.config import Settings
+from shared.idempotency import IdempotencyStore
+from shared.jobs import JobStore
+from shared.payloads import PayloadStore
+from shared.redis_client import redis_client
+from shared.streams import RedisStreamsBroker
+
+from .middleware.archive import Archive
+from .middleware.idempotency import Idempotency
+from .middleware.job_state import JobState
+
+
+def build_middleware(settings: Settings, client: redis.Redis, payloads: PayloadStore) -> list[Middleware]:
+    """Dramatiq's standard middleware plus Pressline's, in an order that matters.
+
+    Before-hooks run top to bottom and after-hooks bottom to top: idempotency skips a finished
+    message before any work, and the job record and archive see Retries' verdict.
+    """
+    jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
+    return [
+        AgeLimit(),
+        TimeLimit(),
+        ShutdownNotifications(),
+        CurrentMessage(),
+        Idempotency(IdempotencyStore(client, settings.namespace, settings.idempotency_ttl_s)),
+        JobState(jobs),
+        Archive(payloads, jobs),
+        Callbacks(),
+        Pipelines(),
+        Retries(
+            max_retries=settings.max_retries,
+            min_backoff=settings.min_backoff_ms,
+            max_backoff=settings.max_backoff_ms,
+        ),
+    ]
+
+
+def build_broker(settings: Settings) -> RedisStreamsBroker:
+    """A Streams broker with claim-checked payloads and the full middleware stack."""
+    client = redis_client(settings)
+    payloads = PayloadStore(aws_client("s3", settings), settings.payload_bucket)
+    return RedisStreamsBroker(
+        client=client,
+        namespace=settings.namespace,
+        encoder=ClaimCheckEncoder(payloads, settings.claim_check_bytes),
+        middleware=build_middleware(settings, client, payloads),
+        dead_after_ms=settings.consumer_dead_after_ms,
+        dead_letter_maxlen=settings.dead_letter_maxlen,
+    )
+
+
+settings = Settings.from_env()
+broker = build_broker(settings)
+dramatiq.set_broker(broker)
+
+from . import actors  # noqa: E402,F401  (declares the stage actors on this broker)
