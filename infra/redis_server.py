@@ -39,14 +39,22 @@ def start_redis(
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         binary,
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(data_dir),
-        "--save", "",
-        "--maxmemory-policy", "noeviction",
-        "--timeout", "0",
-        "--tcp-keepalive", "60",
-        "--logfile", str(data_dir / "redis.log"),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        "--timeout",
+        "0",
+        "--tcp-keepalive",
+        "60",
+        "--logfile",
+        str(data_dir / "redis.log"),
     ]
     args += ["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -54,7 +62,9 @@ def start_redis(
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RedisServerError(f"redis-server exited with {proc.returncode}; see {data_dir / 'redis.log'}")
+            raise RedisServerError(
+                f"redis-server exited with {proc.returncode}; see {data_dir / 'redis.log'}"
+            )
         try:
             if client.ping():
                 return proc

@@ -99,7 +99,9 @@ def parse_concurrency(raw: str | None) -> dict[str, QueueConcurrency]:
     return result
 
 
-_RATE_ITEM = re.compile(r"^(?P<name>[A-Za-z0-9_.:-]+)=(?P<n>\d+)/(?P<per>\d*\.?\d*)(?P<unit>ms|s|m|h)(?::(?P<b>\d+))?$")
+_RATE_ITEM = re.compile(
+    r"^(?P<name>[A-Za-z0-9_.:-]+)=(?P<n>\d+)/(?P<per>\d*\.?\d*)(?P<unit>ms|s|m|h)(?::(?P<b>\d+))?$"
+)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -182,7 +184,9 @@ class Settings:
             namespace=env.get("PRESSLINE_NAMESPACE") or default.namespace,
             redis_max_connections=_int(env, "PRESSLINE_REDIS_MAX_CONNECTIONS", default.redis_max_connections),
             redis_pool_timeout_s=_float(env, "PRESSLINE_REDIS_POOL_TIMEOUT_S", default.redis_pool_timeout_s),
-            redis_socket_timeout_s=_float(env, "PRESSLINE_REDIS_SOCKET_TIMEOUT_S", default.redis_socket_timeout_s),
+            redis_socket_timeout_s=_float(
+                env, "PRESSLINE_REDIS_SOCKET_TIMEOUT_S", default.redis_socket_timeout_s
+            ),
             aws_endpoint_url=endpoint or None,
             aws_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or default.aws_region,
             aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
@@ -192,10 +196,13 @@ class Settings:
             qdrant_url=env.get("QDRANT_URL") or None,
             hmac_webhook_secret=env.get("HMAC_WEBHOOK_SECRET") or None,
             webhook_secret_name=env.get("PRESSLINE_WEBHOOK_SECRET_NAME") or default.webhook_secret_name,
-            provider_secret_prefix=env.get("PRESSLINE_PROVIDER_SECRET_PREFIX") or default.provider_secret_prefix,
+            provider_secret_prefix=env.get("PRESSLINE_PROVIDER_SECRET_PREFIX")
+            or default.provider_secret_prefix,
             concurrency=parse_concurrency(env.get("PRESSLINE_QUEUE_CONCURRENCY")),
             rate_limits=parse_rate_limits(env.get("PRESSLINE_RATE_LIMITS")),
-            consumer_dead_after_ms=_int(env, "PRESSLINE_CONSUMER_DEAD_AFTER_MS", default.consumer_dead_after_ms),
+            consumer_dead_after_ms=_int(
+                env, "PRESSLINE_CONSUMER_DEAD_AFTER_MS", default.consumer_dead_after_ms
+            ),
             drain_timeout_ms=_int(env, "PRESSLINE_DRAIN_TIMEOUT_MS", default.drain_timeout_ms),
             idempotency_ttl_s=_int(env, "PRESSLINE_IDEMPOTENCY_TTL_S", default.idempotency_ttl_s),
             job_ttl_s=_int(env, "PRESSLINE_JOB_TTL_S", default.job_ttl_s),

@@ -10,6 +10,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, cast
 
 import redis
 from dramatiq.common import current_millis
@@ -108,12 +109,14 @@ class JobStore:
         )
 
     def set_refs(self, job_id: str, *, input_ref: str | None = None, output_ref: str | None = None) -> None:
-        fields = {k: v for k, v in (("input_ref", input_ref), ("output_ref", output_ref)) if v}
+        fields: dict[str, str | int] = {
+            k: v for k, v in (("input_ref", input_ref), ("output_ref", output_ref)) if v
+        }
         if fields:
             self._write(job_id, fields)
 
     def get(self, job_id: str) -> JobRecord | None:
-        raw = self.client.hgetall(self.key(job_id))
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self.key(job_id)))
         if not raw:
             return None
         f = {k.decode(): v.decode() for k, v in raw.items()}
@@ -140,6 +143,6 @@ class JobStore:
     def _write(self, job_id: str, fields: dict[str, str | int]) -> None:
         fields = {**fields, "updated_at_ms": current_millis()}
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(self.key(job_id), mapping=fields)
+            pipe.hset(self.key(job_id), mapping=cast(dict[Any, Any], fields))
             pipe.expire(self.key(job_id), self.ttl_s)
             pipe.execute()

@@ -30,7 +30,9 @@ def test_list_requeue_and_purge_dead_letters(redis_url: str) -> None:
     broker.declare_queue("publish")
     for i in range(3):
         message = Message(queue_name="publish", actor_name="publish", args=(i,), kwargs={}, options={})
-        broker.dead_letter("publish", "0-1", broker.encoder.encode(message.asdict()), f"HTTPError: 503 #{i}", 5)
+        broker.dead_letter(
+            "publish", "0-1", broker.encoder.encode(message.asdict()), f"HTTPError: 503 #{i}", 5
+        )
 
     listed = [json.loads(line) for line in run(redis_url, "list", "publish").splitlines()]
     assert [d["error"] for d in listed] == ["HTTPError: 503 #2", "HTTPError: 503 #1", "HTTPError: 503 #0"]
@@ -40,7 +42,9 @@ def test_list_requeue_and_purge_dead_letters(redis_url: str) -> None:
     assert broker.admin.stats("publish").backlog == 1
     assert run(redis_url, "purge", "publish").strip() == "purged 2 from publish"
 
-    stats = {json.loads(line)["queue_name"]: json.loads(line) for line in run(redis_url, "stats").splitlines()}
+    stats = {
+        json.loads(line)["queue_name"]: json.loads(line) for line in run(redis_url, "stats").splitlines()
+    }
     assert (stats["publish"]["backlog"], stats["publish"]["dead"]) == (1, 0)
     assert set(stats) == {"ingest", "infer", "post-process", "publish"}
     broker.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -35,10 +36,8 @@ QUEUE = "runner-test"
 def settings(redis_url: str, aws_endpoint: Endpoint) -> Settings:
     settings = Settings(broker_url=redis_url, aws_endpoint_url=aws_endpoint.url, consumer_dead_after_ms=2000)
     s3 = aws_client("s3", settings)
-    try:
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=settings.payload_bucket)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
     return settings
 
 
@@ -223,9 +222,11 @@ def test_job_records_follow_success_retries_and_failure(settings: Settings) -> N
         "RuntimeError: attempt 3 failed",
     )
     assert ok.output_ref and ok.output_ref.startswith(f"s3://{settings.payload_bucket}/acme/jobs/ok/step-")
-    archived = json.loads(aws_client("s3", settings).get_object(
-        Bucket=settings.payload_bucket, Key=ok.output_ref.split("/", 3)[3]
-    )["Body"].read())
+    archived = json.loads(
+        aws_client("s3", settings)
+        .get_object(Bucket=settings.payload_bucket, Key=ok.output_ref.split("/", 3)[3])["Body"]
+        .read()
+    )
     assert (archived["input"]["args"], archived["output"]) == (["ok", 0], "ok done")
     assert ok.created_at_ms <= ok.started_at_ms <= ok.finished_at_ms <= current_millis()  # type: ignore[operator]
 
@@ -243,7 +244,17 @@ def test_a_workflow_runs_through_the_four_stage_queues(settings: Settings, tmp_p
         worker_children(main, 1)
         tenant = f"t{uuid.uuid4().hex[:6]}"
         done = subprocess.run(
-            [sys.executable, "-m", "workers.submit", "--tenant", tenant, "--title", "Hi", "--source", "A. B. C. D."],
+            [
+                sys.executable,
+                "-m",
+                "workers.submit",
+                "--tenant",
+                tenant,
+                "--title",
+                "Hi",
+                "--source",
+                "A. B. C. D.",
+            ],
             cwd=ROOT,
             env=worker_env(settings.broker_url),
             capture_output=True,

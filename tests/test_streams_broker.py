@@ -44,7 +44,9 @@ def wait_for(predicate: Any, timeout_s: float = 15.0, interval_s: float = 0.02) 
     raise AssertionError("condition not met in time")
 
 
-def test_messages_are_processed_once_and_acked_entries_trimmed(broker: RedisStreamsBroker, worker: Worker) -> None:
+def test_messages_are_processed_once_and_acked_entries_trimmed(
+    broker: RedisStreamsBroker, worker: Worker
+) -> None:
     seen: list[int] = []
     lock = threading.Lock()
 

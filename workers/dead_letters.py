@@ -1,9 +1,9 @@
 """Operator commands for dead letters.
 
-    python -m workers.dead_letters list ingest            # newest first, with errors
-    python -m workers.dead_letters requeue ingest [ID…]    # back onto the queue (all without ids)
-    python -m workers.dead_letters purge ingest [ID…]      # drop them (all without ids)
-    python -m workers.dead_letters stats                   # every queue's health
+python -m workers.dead_letters list ingest            # newest first, with errors
+python -m workers.dead_letters requeue ingest [ID…]    # back onto the queue (all without ids)
+python -m workers.dead_letters purge ingest [ID…]      # drop them (all without ids)
+python -m workers.dead_letters stats                   # every queue's health
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from shared.streams import RedisStreamsBroker
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.dead_letters", description="Dead-letter operations.")
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.dead_letters", description="Dead-letter operations."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="show dead letters, newest first")
     listing.add_argument("queue")

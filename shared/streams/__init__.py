@@ -4,4 +4,11 @@ from .admin import DeadLetter, QueueAdmin, QueueStats
 from .broker import RedisStreamsBroker
 from .consumer import StreamConsumer, StreamMessageProxy
 
-__all__ = ["DeadLetter", "QueueAdmin", "QueueStats", "RedisStreamsBroker", "StreamConsumer", "StreamMessageProxy"]
+__all__ = [
+    "DeadLetter",
+    "QueueAdmin",
+    "QueueStats",
+    "RedisStreamsBroker",
+    "StreamConsumer",
+    "StreamMessageProxy",
+]

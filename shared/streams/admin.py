@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from dramatiq.common import current_millis
 
 from .keys import GROUP, QueueKeys
+
+#: A stream entry as redis-py returns it from a client that does not decode responses.
+Entry = tuple[bytes, dict[bytes, bytes]]
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class QueueAdmin:
         now = current_millis()
         backlog, oldest_waiting = 0, 0
         last = group["last-delivered-id"] if group is not None else "0-0"
-        waiting = self.client.xrange(keys.stream, min=_next_id(last), max="+", count=1)
+        waiting = cast(list[Entry], self.client.xrange(keys.stream, min=_next_id(last), max="+", count=1))
         if waiting:
             oldest_waiting = max(0, now - _entry_ms(waiting[0][0]))
             lag = group.get("lag") if group is not None else None
@@ -91,7 +94,7 @@ class QueueAdmin:
     def _count_after(self, stream: str, last: bytes | str) -> int:
         count, start = 0, _next_id(last)
         while True:
-            batch = self.client.xrange(stream, min=start, max="+", count=1000)
+            batch = cast(list[Entry], self.client.xrange(stream, min=start, max="+", count=1000))
             count += len(batch)
             if len(batch) < 1000:
                 return count
@@ -99,7 +102,8 @@ class QueueAdmin:
 
     def dead_letters(self, queue_name: str, count: int = 100) -> list[DeadLetter]:
         """The most recent dead-lettered messages, newest first."""
-        entries = self.client.xrevrange(QueueKeys(self.namespace, queue_name).dead, count=count)
+        dead = QueueKeys(self.namespace, queue_name).dead
+        entries = cast(list[Entry], self.client.xrevrange(dead, count=count))
         result = []
         for entry_id, fields in entries:
             result.append(

@@ -193,7 +193,9 @@ class RedisStreamsBroker(dramatiq.Broker):
     def promote_due(self, queue_name: str, limit: int = 500) -> tuple[int, int | None]:
         """Move due delayed messages onto the stream; returns (moved, next ETA or None)."""
         keys = self.keys(queue_name)
-        moved, next_eta = self.scripts["PROMOTE"](keys=[keys.delayed, keys.stream], args=[current_millis(), limit])
+        moved, next_eta = self.scripts["PROMOTE"](
+            keys=[keys.delayed, keys.stream], args=[current_millis(), limit]
+        )
         return int(moved), (int(float(next_eta)) if next_eta else None)
 
     def return_to_stream(self, queue_name: str, entry_ids: list[Any], *, min_idle_ms: int = 0) -> int:

@@ -9,11 +9,12 @@ concurrently; acks are gathered and sent as one ``XACK`` per batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from dramatiq.broker import Consumer, MessageProxy
@@ -51,7 +52,9 @@ class StreamConsumer(Consumer):
       timeout_ms(int): How long ``__next__`` waits before returning None.
     """
 
-    def __init__(self, broker: RedisStreamsBroker, queue_name: str, *, prefetch: int, timeout_ms: int) -> None:
+    def __init__(
+        self, broker: RedisStreamsBroker, queue_name: str, *, prefetch: int, timeout_ms: int
+    ) -> None:
         self.broker = broker
         self.queue_name = queue_name
         self.keys = broker.keys(queue_name)
@@ -109,11 +112,13 @@ class StreamConsumer(Consumer):
                 self._fetch_client_id = None
                 if not self._running:
                     return
-                logger.warning("Fetching from %s failed (%s); retrying in %.2fs.", self.queue_name, e, backoff)
+                logger.warning(
+                    "Fetching from %s failed (%s); retrying in %.2fs.", self.queue_name, e, backoff
+                )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            entries: list[Entry] = reply[0][1] if reply else []
+            entries = cast(list[Entry], reply[0][1]) if reply else []  # type: ignore[index]
             if not entries:
                 continue
             with self._cond:
@@ -142,7 +147,7 @@ class StreamConsumer(Consumer):
     def _decode(self, entry_id: bytes, fields: dict[bytes, bytes]) -> StreamMessageProxy | None:
         payload = fields.get(b"m", b"")
         try:
-            message = Message(**self.broker.encoder.decode(payload))
+            message: Message[Any] = Message(**self.broker.encoder.decode(payload))
         except Exception as e:  # a foreign producer wrote something that is not a message
             logger.error("Undecodable entry %r on %s; dead-lettering it.", entry_id, self.queue_name)
             self._release(entry_id)
@@ -210,16 +215,16 @@ class StreamConsumer(Consumer):
         with self._cond:
             self._cond.notify_all()
         if self._fetch_client_id is not None:
-            try:
+            with contextlib.suppress(redis.RedisError):
                 self.broker.client.client_unblock(self._fetch_client_id)
-            except redis.RedisError:
-                pass
         self._fetcher.join(timeout=5)
         self._flush_acks(force=True)
         with self._cond:
             leftovers = list(self._held)
         if leftovers:
-            logger.info("Returning %d un-acked messages of %s to the stream.", len(leftovers), self.queue_name)
+            logger.info(
+                "Returning %d un-acked messages of %s to the stream.", len(leftovers), self.queue_name
+            )
             self.broker.return_to_stream(self.queue_name, leftovers)
             with self._cond:
                 self._held.difference_update(leftovers)
@@ -258,4 +263,4 @@ def _entry_id(message: MessageProxy) -> bytes:
     entry_id = getattr(message, "entry_id", None)
     if entry_id is None:
         raise TypeError("message did not come from a RedisStreamsBroker consumer")
-    return entry_id  # type: ignore[no-any-return]
+    return cast(bytes, entry_id)

@@ -26,7 +26,7 @@ class QueueKeys:
 
     @property
     def tag(self) -> str:
-        return "{%s:%s}" % (self.namespace, self.queue_name)
+        return f"{{{self.namespace}:{self.queue_name}}}"
 
     @property
     def stream(self) -> str:

@@ -11,6 +11,7 @@ Idle, this costs a fraction of a Redis command per second.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -56,10 +57,8 @@ class Maintenance(threading.Thread):
     def stop(self) -> None:
         self._running = False
         self._wake.set()
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.broker.client.delete(heartbeat_key(self.broker.namespace, self.broker.consumer_name))
-        except redis.RedisError:
-            pass
         self.join(timeout=5)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -133,10 +132,8 @@ class Maintenance(threading.Thread):
 
     def _close_pubsub(self) -> None:
         if self._pubsub is not None:
-            try:
+            with contextlib.suppress(redis.RedisError):
                 self._pubsub.close()
-            except redis.RedisError:
-                pass
             self._pubsub = None
 
     # -- duties --------------------------------------------------------------------------------

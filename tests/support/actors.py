@@ -30,7 +30,9 @@ def record(i: int, sleep_ms: int = 0) -> None:
     if key:
         idempotency.apply_once(key, lambda pipe: pipe.rpush("effects:keyed", i).rpush("effects:pid", pid))
     else:
-        broker.client.pipeline(transaction=False).rpush("effects:plain", i).rpush("effects:pid", pid).execute()
+        broker.client.pipeline(transaction=False).rpush("effects:plain", i).rpush(
+            "effects:pid", pid
+        ).execute()
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)

@@ -45,9 +45,12 @@ def start_workers(
     command = [
         str(BIN / ("dramatiq-gevent" if gevent else "dramatiq")),
         module,
-        "-p", str(processes),
-        "-t", str(threads),
-        "--worker-shutdown-timeout", str(shutdown_timeout_ms),
+        "-p",
+        str(processes),
+        "-t",
+        str(threads),
+        "--worker-shutdown-timeout",
+        str(shutdown_timeout_ms),
     ]
     command += ["-Q", *queues]  # one -Q with every name: a repeated -Q keeps only the last
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware
 
@@ -29,7 +30,7 @@ class Archive(Middleware):
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,

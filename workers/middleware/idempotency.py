@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
 from shared.idempotency import IdempotencyStore
@@ -29,7 +30,7 @@ class Idempotency(Middleware):
     def actor_options(self) -> set[str]:
         return {OPTION}
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         key = message.options.get(OPTION)
         if key and self.store.is_done(key):
             raise SkipMessage(f"idempotency key {key!r} is already done")
@@ -37,7 +38,7 @@ class Idempotency(Middleware):
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,

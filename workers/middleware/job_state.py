@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 
 from shared.jobs import JobStore
@@ -30,15 +31,17 @@ class JobState(Middleware):
     def actor_options(self) -> set[str]:
         return {OPTION}
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         job_id = message.options.get(OPTION)
         if job_id:
-            self.store.running(job_id, stage=message.actor_name, attempt=message.options.get("retries", 0) + 1)
+            self.store.running(
+                job_id, stage=message.actor_name, attempt=message.options.get("retries", 0) + 1
+            )
 
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
