@@ -267,3 +267,39 @@ def test_an_idle_worker_sends_at_most_one_command_a_second(redis_url: str) -> No
 def _total_calls(client: redis.Redis) -> int:
     stats = client.info("commandstats")
     return sum(int(v["calls"]) for v in stats.values())
+
+
+def test_recovery_never_robs_a_live_consumer_and_takes_over_a_dead_ones(redis_url: str) -> None:
+    def make() -> RedisStreamsBroker:
+        b = RedisStreamsBroker(url=redis_url, namespace="rec", dead_after_ms=600, block_ms=200)
+        b.declare_queue("slow")
+        return b
+
+    holder, rescuer = make(), make()
+    holder.enqueue(dramatiq.Message(queue_name="slow", actor_name="a", args=(), kwargs={}, options={}))
+    held = holder.consume("slow", prefetch=1, timeout=2000)
+    rescue = rescuer.consume("slow", prefetch=1, timeout=300)
+    try:
+        message = next(held)
+        assert message is not None
+        # The holder works on it for 5x the dead-after time; its heartbeat keeps it alive.
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            assert next(rescue) is None
+        assert rescuer.admin.stats("slow").pending == 1
+        # The holder dies (its heartbeat goes); the rescuer's recovery gives the message out again.
+        holder.close()
+        redelivered = None
+        deadline = time.monotonic() + 10.0
+        while redelivered is None and time.monotonic() < deadline:
+            redelivered = next(rescue)
+        assert redelivered is not None
+        assert redelivered.message_id == message.message_id
+        assert redelivered.redeliveries == 1  # type: ignore[attr-defined]
+        rescue.ack(redelivered)
+    finally:
+        rescue.close()
+        held.close()
+        rescuer.close()
+    stats = rescuer.admin.stats("slow")
+    assert (stats.pending, stats.backlog) == (0, 0)  # the dead holder's entry was acked when returned
