@@ -57,7 +57,10 @@ def start_redis(
         str(data_dir / "redis.log"),
     ]
     args += ["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session: a terminal's Ctrl-C reaches the supervisor, which stops Redis last.
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     client = redis.Redis(host="127.0.0.1", port=port)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

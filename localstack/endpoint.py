@@ -50,6 +50,7 @@ def ensure_endpoint(port: int = EDGE_PORT, host: str = "127.0.0.1", wait_s: floa
         [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor, which stops it in order
     )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

@@ -147,7 +147,7 @@ class Settings:
     payload_bucket: str = "pressline-payloads"
     claim_check_bytes: int = 16 * 1024
     qdrant_url: str | None = None
-    hmac_webhook_secret: str | None = None
+    hmac_webhook_secret: str | None = field(default=None, repr=False)
     webhook_secret_name: str = "pressline/webhook-hmac"
     #: Secrets Manager names of the LLM provider keys: ``<prefix>openai`` and so on.
     provider_secret_prefix: str = "pressline/providers/"
