@@ -19,6 +19,8 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from shared.aws import aws_client
 from shared.claim_check import ClaimCheckEncoder
@@ -28,20 +30,32 @@ from shared.jobs import JobStore
 from shared.payloads import PayloadStore
 from shared.redis_client import redis_client
 from shared.streams import RedisStreamsBroker
+from shared.telemetry.logging import configure_logging
+from shared.telemetry.tracing import configure_tracing
 
 from .middleware.archive import Archive
 from .middleware.idempotency import Idempotency
 from .middleware.job_state import JobState
+from .middleware.prometheus import Prometheus
+from .middleware.tracing import Tracing
 
 
-def build_middleware(settings: Settings, client: redis.Redis, payloads: PayloadStore) -> list[Middleware]:
+def build_middleware(
+    settings: Settings,
+    client: redis.Redis,
+    payloads: PayloadStore,
+    tracer_provider: TracerProvider | None = None,
+) -> list[Middleware]:
     """Dramatiq's standard middleware plus Pressline's, in an order that matters.
 
-    Before-hooks run top to bottom and after-hooks bottom to top: idempotency skips a finished
-    message before any work, and the job record and archive see Retries' verdict.
+    Before-hooks run top to bottom and after-hooks bottom to top: metrics and the trace span wrap
+    everything, idempotency skips a finished message before any work, and the job record and
+    archive see Retries' verdict.
     """
     jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
     return [
+        Prometheus(),
+        Tracing(tracer_provider),
         AgeLimit(),
         TimeLimit(),
         ShutdownNotifications(),
@@ -59,7 +73,7 @@ def build_middleware(settings: Settings, client: redis.Redis, payloads: PayloadS
     ]
 
 
-def build_broker(settings: Settings) -> RedisStreamsBroker:
+def build_broker(settings: Settings, tracer_provider: TracerProvider | None = None) -> RedisStreamsBroker:
     """A Streams broker with claim-checked payloads and the full middleware stack."""
     client = redis_client(settings)
     payloads = PayloadStore(aws_client("s3", settings), settings.payload_bucket)
@@ -67,14 +81,17 @@ def build_broker(settings: Settings) -> RedisStreamsBroker:
         client=client,
         namespace=settings.namespace,
         encoder=ClaimCheckEncoder(payloads, settings.claim_check_bytes),
-        middleware=build_middleware(settings, client, payloads),
+        middleware=build_middleware(settings, client, payloads, tracer_provider),
         dead_after_ms=settings.consumer_dead_after_ms,
         dead_letter_maxlen=settings.dead_letter_maxlen,
     )
 
 
 settings = Settings.from_env()
-broker = build_broker(settings)
+configure_logging(settings)
+tracer_provider = configure_tracing(settings)
+trace.set_tracer_provider(tracer_provider)  # so spans of shared code (clients, caches) join the job's
+broker = build_broker(settings, tracer_provider)
 dramatiq.set_broker(broker)
 
 from . import actors  # noqa: E402,F401  (declares the stage actors on this broker)

@@ -60,7 +60,8 @@ class StreamConsumer(Consumer):
         self.keys = broker.keys(queue_name)
         self.cap = max(1, prefetch)
         self.timeout_s = timeout_ms / 1000
-        self._ready: queue.SimpleQueue[Entry] = queue.SimpleQueue()
+        # Fetched entries for __next__; None is a wake-up: "acks are waiting, flush them soon".
+        self._ready: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._held: set[bytes] = set()  # fetched and not yet acked, nacked or returned
         self._acks: list[bytes] = []
@@ -137,9 +138,12 @@ class StreamConsumer(Consumer):
                 return None
             wait = min(remaining, self.broker.ack_delay_s) if self._acks else remaining
             try:
-                entry_id, fields = self._ready.get(timeout=wait)
+                entry = self._ready.get(timeout=wait)
             except queue.Empty:
                 continue
+            if entry is None:
+                continue
+            entry_id, fields = entry
             proxy = self._decode(entry_id, fields)
             if proxy is not None:
                 return proxy
@@ -164,6 +168,7 @@ class StreamConsumer(Consumer):
             self._held.discard(entry_id)
             if not self._acks:
                 self._oldest_ack_at = time.monotonic()
+                self._ready.put(None)  # an idle __next__ then flushes within ack_delay_ms
             self._acks.append(entry_id)
             if len(self._acks) >= self.broker.ack_batch:
                 batch, self._acks = self._acks, []

@@ -1,0 +1,1 @@
+"""Pressline's Dramatiq middleware, one per file."""
