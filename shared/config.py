@@ -74,6 +74,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _site_pattern(env: Mapping[str, str], default: str) -> str:
+    raw = env.get("PRESSLINE_WEBHOOK_SITE_SECRET_PATTERN") or default
+    if "{site}" not in raw:
+        raise ConfigError(f"PRESSLINE_WEBHOOK_SITE_SECRET_PATTERN must contain {{site}}, got {raw!r}")
+    return raw
+
+
 _CONCURRENCY_ITEM = re.compile(r"^(?P<queue>[a-z0-9-]+)=(?P<p>\d+)x(?P<t>\d+)(?P<g>:gevent)?$")
 
 
@@ -149,6 +156,13 @@ class Settings:
     qdrant_url: str | None = None
     hmac_webhook_secret: str | None = field(default=None, repr=False)
     webhook_secret_name: str = "pressline/webhook-hmac"
+    #: Secrets Manager name of one WordPress site's webhook secret; ``{site}`` is replaced by the site.
+    #: A site without its own secret uses ``HMAC_WEBHOOK_SECRET``, else ``webhook_secret_name``.
+    webhook_site_secret_pattern: str = "pressline/sites/{site}/webhook"
+    #: How long a fetched webhook secret is reused before Secrets Manager is asked again.
+    webhook_secret_cache_ttl_s: float = 60.0
+    #: Accepted distance between a webhook's timestamp and now, both ways (Standard Webhooks: 5 min).
+    webhook_tolerance_s: int = 300
     #: Secrets Manager names of the LLM provider keys: ``<prefix>openai`` and so on.
     provider_secret_prefix: str = "pressline/providers/"
     concurrency: dict[str, QueueConcurrency] = field(default_factory=lambda: dict(DEFAULT_CONCURRENCY))
@@ -156,6 +170,10 @@ class Settings:
     consumer_dead_after_ms: int = 30_000
     drain_timeout_ms: int = 30_000
     idempotency_ttl_s: int = 24 * 3600
+    #: How long the API replays the response stored under an ``Idempotency-Key`` (Stripe: 24 h).
+    request_idempotency_ttl_s: int = 24 * 3600
+    #: How long an in-flight ``Idempotency-Key`` stays locked, so a crashed handler frees it.
+    request_idempotency_lock_s: int = 60
     job_ttl_s: int = 7 * 24 * 3600
     dead_letter_maxlen: int = 100_000
     max_retries: int = 5
@@ -196,6 +214,11 @@ class Settings:
             qdrant_url=env.get("QDRANT_URL") or None,
             hmac_webhook_secret=env.get("HMAC_WEBHOOK_SECRET") or None,
             webhook_secret_name=env.get("PRESSLINE_WEBHOOK_SECRET_NAME") or default.webhook_secret_name,
+            webhook_site_secret_pattern=_site_pattern(env, default.webhook_site_secret_pattern),
+            webhook_secret_cache_ttl_s=_float(
+                env, "PRESSLINE_WEBHOOK_SECRET_CACHE_TTL_S", default.webhook_secret_cache_ttl_s
+            ),
+            webhook_tolerance_s=_int(env, "PRESSLINE_WEBHOOK_TOLERANCE_S", default.webhook_tolerance_s),
             provider_secret_prefix=env.get("PRESSLINE_PROVIDER_SECRET_PREFIX")
             or default.provider_secret_prefix,
             concurrency=parse_concurrency(env.get("PRESSLINE_QUEUE_CONCURRENCY")),
@@ -205,6 +228,12 @@ class Settings:
             ),
             drain_timeout_ms=_int(env, "PRESSLINE_DRAIN_TIMEOUT_MS", default.drain_timeout_ms),
             idempotency_ttl_s=_int(env, "PRESSLINE_IDEMPOTENCY_TTL_S", default.idempotency_ttl_s),
+            request_idempotency_ttl_s=_int(
+                env, "PRESSLINE_REQUEST_IDEMPOTENCY_TTL_S", default.request_idempotency_ttl_s
+            ),
+            request_idempotency_lock_s=_int(
+                env, "PRESSLINE_REQUEST_IDEMPOTENCY_LOCK_S", default.request_idempotency_lock_s
+            ),
             job_ttl_s=_int(env, "PRESSLINE_JOB_TTL_S", default.job_ttl_s),
             dead_letter_maxlen=_int(env, "PRESSLINE_DEAD_LETTER_MAXLEN", default.dead_letter_maxlen),
             max_retries=_int(env, "PRESSLINE_MAX_RETRIES", default.max_retries),
