@@ -59,6 +59,9 @@ class StreamConsumer(Consumer):
         self.queue_name = queue_name
         self.keys = broker.keys(queue_name)
         self.cap = max(1, prefetch)
+        # Refill in batches: the fetcher waits until a quarter of the cap is free, so a busy
+        # process wakes it (and takes a GIL hand-off) once per batch rather than per ack.
+        self.refill_at = max(1, self.cap // 4)
         self.timeout_s = timeout_ms / 1000
         # Fetched entries for __next__; None is a wake-up: "acks are waiting, flush them soon".
         self._ready: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
@@ -88,7 +91,7 @@ class StreamConsumer(Consumer):
         backoff = 0.05
         while self._running:
             with self._cond:
-                while self._running and len(self._held) >= self.cap:
+                while self._running and self.cap - len(self._held) < self.refill_at:
                     self._cond.wait(0.5)
                 if not self._running:
                     return
@@ -172,7 +175,8 @@ class StreamConsumer(Consumer):
             self._acks.append(entry_id)
             if len(self._acks) >= self.broker.ack_batch:
                 batch, self._acks = self._acks, []
-            self._cond.notify()
+            if self.cap - len(self._held) == self.refill_at:
+                self._cond.notify()
         if batch:
             self._send_acks(batch)
 

@@ -1,0 +1,1 @@
+"""Benchmarks: Pressline's Redis Streams broker against Dramatiq's stock RedisBroker (``make bench``)."""
