@@ -132,6 +132,17 @@ def parse_rate_limits(raw: str | None) -> dict[str, RateLimit]:
     return result
 
 
+def _rate(env: Mapping[str, str], name: str, default: RateLimit) -> RateLimit:
+    """A single rate such as ``50/s:100`` (limit per period, optional burst)."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return parse_rate_limits(f"x={raw}")["x"]
+    except ConfigError:
+        raise ConfigError(f"{name} must look like 50/s or 50/s:100, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Pressline's configuration. Build it with :meth:`from_env`; pass it down explicitly."""
@@ -163,6 +174,9 @@ class Settings:
     webhook_secret_cache_ttl_s: float = 60.0
     #: Accepted distance between a webhook's timestamp and now, both ways (Standard Webhooks: 5 min).
     webhook_tolerance_s: int = 300
+    api_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(limit=50, period_s=1.0, burst=100))
+    max_job_body_bytes: int = 64 * 1024
+    max_webhook_body_bytes: int = 256 * 1024
     #: Secrets Manager names of the LLM provider keys: ``<prefix>openai`` and so on.
     provider_secret_prefix: str = "pressline/providers/"
     concurrency: dict[str, QueueConcurrency] = field(default_factory=lambda: dict(DEFAULT_CONCURRENCY))
@@ -219,6 +233,11 @@ class Settings:
                 env, "PRESSLINE_WEBHOOK_SECRET_CACHE_TTL_S", default.webhook_secret_cache_ttl_s
             ),
             webhook_tolerance_s=_int(env, "PRESSLINE_WEBHOOK_TOLERANCE_S", default.webhook_tolerance_s),
+            api_rate_limit=_rate(env, "PRESSLINE_API_RATE_LIMIT", default.api_rate_limit),
+            max_job_body_bytes=_int(env, "PRESSLINE_MAX_JOB_BODY_BYTES", default.max_job_body_bytes),
+            max_webhook_body_bytes=_int(
+                env, "PRESSLINE_MAX_WEBHOOK_BODY_BYTES", default.max_webhook_body_bytes
+            ),
             provider_secret_prefix=env.get("PRESSLINE_PROVIDER_SECRET_PREFIX")
             or default.provider_secret_prefix,
             concurrency=parse_concurrency(env.get("PRESSLINE_QUEUE_CONCURRENCY")),

@@ -17,6 +17,14 @@ from dramatiq.common import current_millis
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
+#: Create a record unless one exists.  KEYS: record.  ARGV: ttl_s, field, value, field, value...
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -41,6 +49,7 @@ class JobRecord:
     last_error: str | None
     input_ref: str | None
     output_ref: str | None
+    cost_micro_usd: int = 0
 
 
 def new_job_id() -> str:
@@ -64,11 +73,13 @@ class JobStore:
         self.client = client
         self.namespace = namespace
         self.ttl_s = ttl_s
+        self._create = client.register_script(_CREATE)
 
     def key(self, job_id: str) -> str:
         return f"{self.namespace}.job.{job_id}"
 
-    def create(self, job_id: str, *, tenant: str, kind: str, input_ref: str | None = None) -> None:
+    def create(self, job_id: str, *, tenant: str, kind: str, input_ref: str | None = None) -> bool:
+        """Create the record; False (and nothing changed) when the job already exists."""
         now = current_millis()
         fields: dict[str, str | int] = {
             "job_id": job_id,
@@ -82,7 +93,20 @@ class JobStore:
         }
         if input_ref:
             fields["input_ref"] = input_ref
-        self._write(job_id, fields)
+        args: list[str | int] = [self.ttl_s]
+        for name, value in fields.items():
+            args += [name, value]
+        return bool(self._create(keys=[self.key(job_id)], args=args))
+
+    def delete(self, job_id: str) -> None:
+        self.client.delete(self.key(job_id))
+
+    def add_cost(self, job_id: str, micro_usd: int) -> None:
+        """Add to the job's running cost (millionths of a dollar, so sums stay exact)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hincrby(self.key(job_id), "cost_micro_usd", micro_usd)
+            pipe.expire(self.key(job_id), self.ttl_s)
+            pipe.execute()
 
     def running(self, job_id: str, *, stage: str, attempt: int) -> None:
         now = current_millis()
@@ -138,6 +162,7 @@ class JobStore:
             last_error=f.get("last_error") or None,
             input_ref=f.get("input_ref") or None,
             output_ref=f.get("output_ref") or None,
+            cost_micro_usd=int(f.get("cost_micro_usd", 0)),
         )
 
     def _write(self, job_id: str, fields: dict[str, str | int]) -> None:

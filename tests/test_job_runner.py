@@ -271,3 +271,13 @@ def test_a_workflow_runs_through_the_four_stage_queues(settings: Settings, tmp_p
         assert stages == ["infer", "ingest", "post_process", "publish"]
     finally:
         stop_workers(main)
+
+
+def test_the_producers_stage_names_match_the_declared_actors() -> None:
+    """The API enqueues by name (shared.workflow); the workers must declare exactly those actors."""
+    from shared.workflow import STAGES
+    from workers.app import broker
+
+    for stage in STAGES:
+        actor = broker.get_actor(stage.actor_name)
+        assert actor.queue_name == stage.queue_name

@@ -31,8 +31,8 @@ from shared.config import Settings
 from shared.streams import RedisStreamsBroker
 from shared.telemetry import extract_context, inject_context
 from shared.telemetry.logging import REDACTED, configure_logging
+from shared.telemetry.message_tracing import OPTION, Tracing
 from shared.telemetry.tracing import configure_tracing
-from workers.middleware.tracing import OPTION, Tracing
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

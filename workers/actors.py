@@ -69,6 +69,3 @@ def post_process(document: dict[str, Any]) -> dict[str, Any]:
 def publish(document: dict[str, Any]) -> dict[str, Any]:
     """Publish the post (until the WordPress client lands: the archive keeps it)."""
     return {"title": document["title"], "html": document["html"], "status": "archived"}
-
-
-STAGES: tuple[dramatiq.Actor[Any, Any], ...] = (ingest, infer, post_process, publish)  # type: ignore[assignment]

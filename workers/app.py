@@ -31,13 +31,13 @@ from shared.payloads import PayloadStore
 from shared.redis_client import redis_client
 from shared.streams import RedisStreamsBroker
 from shared.telemetry.logging import configure_logging
+from shared.telemetry.message_tracing import Tracing
 from shared.telemetry.tracing import configure_tracing
 
 from .middleware.archive import Archive
 from .middleware.idempotency import Idempotency
 from .middleware.job_state import JobState
 from .middleware.prometheus import Prometheus
-from .middleware.tracing import Tracing
 
 
 def build_middleware(

@@ -1,4 +1,4 @@
-"""Submit a workflow job: create its record and enqueue the stage pipeline.
+"""Submit a workflow job from the command line and wait for it.
 
 ``python -m workers.submit --tenant demo --title "Hello" --source "Some text."`` submits one and
 waits for it to finish, printing the job record.
@@ -11,35 +11,9 @@ import json
 import sys
 import time
 from dataclasses import asdict
-from typing import Any
-
-import dramatiq
 
 from shared.jobs import JobStore, new_job_id
-
-
-def submit_workflow(
-    jobs: JobStore,
-    document: dict[str, Any],
-    *,
-    tenant: str,
-    idempotency_key: str | None = None,
-    job_id: str | None = None,
-) -> str:
-    """Create the job record and enqueue ingest -> infer -> post-process -> publish."""
-    from workers.actors import STAGES
-
-    job_id = job_id or new_job_id()
-    jobs.create(job_id, tenant=tenant, kind="workflow")
-    messages = []
-    for index, actor in enumerate(STAGES):
-        options: dict[str, Any] = {"job_id": job_id, "tenant": tenant}
-        if idempotency_key:
-            options["idempotency_key"] = f"{tenant}:{idempotency_key}:{actor.actor_name}"
-        args = (document,) if index == 0 else ()
-        messages.append(actor.message_with_options(args=args, **options))
-    dramatiq.pipeline(messages).run()
-    return job_id
+from shared.workflow import submit_workflow
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     from workers.app import broker, settings
 
     jobs = JobStore(broker.client, settings.namespace, settings.job_ttl_s)
-    job_id = submit_workflow(jobs, {"title": args.title, "source": args.source}, tenant=args.tenant)
+    document = {"title": args.title, "source": args.source}
+    job_id = submit_workflow(broker, jobs, document, job_id=new_job_id(), tenant=args.tenant)
     print(f"job {job_id} queued")
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:

@@ -1,0 +1,178 @@
+"""Pressline's API Gateway functions (AWS Chalice).
+
+Routes are thin: they take the request apart, call one service function in ``shared.api`` and
+shape its answer.  One HTTP middleware continues the caller's trace, turns every error into the
+one JSON error shape and stamps the trace id on every response.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import redis
+from chalice import Chalice, Response
+from chalice.app import Request
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from shared.api.errors import STATUS_CODES, ApiError, error_body
+from shared.api.responses import ApiResponse
+from shared.api.services import Services
+from shared.api.trace_context import inbound_context
+from shared.config import Settings
+from shared.telemetry.logging import configure_logging
+from shared.telemetry.tracing import configure_tracing
+
+app = Chalice(app_name="pressline")
+log = logging.getLogger("pressline.functions")
+JSON = "application/json"
+
+
+@cache
+def services() -> Services:
+    """Built on the first request, then reused for the life of the process (or Lambda container)."""
+    settings = Settings.from_env()
+    configure_logging(settings)
+    provider = configure_tracing(settings)
+    trace.set_tracer_provider(provider)
+    return Services.from_settings(settings, provider)
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+def answers_errors(view: Callable[..., Response]) -> Callable[..., Response]:
+    """Answer ApiError, and an unreachable broker, in the one error shape (Chalice would say 500)."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return view(*args, **kwargs)
+        except ApiError as e:
+            return _error_response(e.status, e.code, e.message, _trace_id(), e.details, e.headers)
+        except redis.RedisError:
+            log.exception("the broker is unreachable")
+            return _error_response(503, "unavailable", "the service is unavailable; retry later", _trace_id())
+
+    return wrapper
+
+
+@app.route("/v1/jobs", methods=["POST"], content_types=[JSON])
+@answers_errors
+def create_job() -> Response:
+    request = _request()
+    return _respond(
+        services().jobs.create(
+            authorization=request.headers.get("authorization"),
+            content_type=request.headers.get("content-type"),
+            idempotency_key=request.headers.get("idempotency-key"),
+            body=_raw(request),
+        )
+    )
+
+
+@app.route("/v1/jobs/{job_id}", methods=["GET"])
+@answers_errors
+def get_job(job_id: str) -> Response:
+    return _respond(services().jobs.get(authorization=_request().headers.get("authorization"), job_id=job_id))
+
+
+@app.route("/v1/webhooks/wordpress/{site}", methods=["POST"], content_types=[JSON])
+@answers_errors
+def wordpress_webhook(site: str) -> Response:
+    request = _request()
+    return _respond(services().webhooks.receive(site, dict(request.headers), _raw(request)))
+
+
+@app.route("/v1/openapi.json", methods=["GET"])
+def openapi() -> Response:
+    return Response(body=_openapi_document(), status_code=200, headers={"Content-Type": JSON})
+
+
+# -- plumbing -----------------------------------------------------------------------------------
+
+
+def _request() -> Request:
+    request = app.current_request
+    assert request is not None
+    return request
+
+
+def _raw(request: Request) -> bytes:
+    """The body exactly as sent (signatures are computed over these bytes)."""
+    body = request.raw_body
+    return body.encode() if isinstance(body, str) else body
+
+
+def _respond(result: ApiResponse) -> Response:
+    return Response(
+        body=result.body, status_code=result.status, headers={"Content-Type": JSON, **result.headers}
+    )
+
+
+@cache
+def _openapi_document() -> str:
+    from shared.api.openapi import document
+
+    return json.dumps(document())
+
+
+@app.middleware("http")
+def envelope(event: Request, get_response: Callable[[Request], Response]) -> Response:
+    """Trace, error shape and trace id for every request."""
+    tracer = trace.get_tracer("pressline.functions")
+    route = event.context.get("resourcePath", event.path)
+    with tracer.start_as_current_span(
+        f"{event.method} {route}",
+        context=inbound_context(event.headers),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": event.method, "http.route": route},
+    ) as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        response = _uniform(get_response(event), trace_id)
+        span.set_attribute("http.response.status_code", response.status_code)
+        if response.status_code >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        response.headers["X-Trace-Id"] = trace_id
+        response.headers["traceparent"] = (
+            f"00-{trace_id}-{format(span.get_span_context().span_id, '016x')}-01"
+        )
+        return response
+
+
+def _trace_id() -> str:
+    return format(trace.get_current_span().get_span_context().trace_id, "032x")
+
+
+def _error_response(
+    status: int,
+    code: str,
+    message: str,
+    trace_id: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = error_body(code, message, trace_id=trace_id, details=details)
+    return Response(body=body, status_code=status, headers={"Content-Type": JSON, **(headers or {})})
+
+
+def _uniform(response: Response, trace_id: str) -> Response:
+    """Rewrite Chalice's own error bodies ({"Code", "Message"}) into the API's one error shape."""
+    if response.status_code < 400:
+        return response
+    body = response.body
+    if isinstance(body, dict) and "error" in body:
+        return response
+    code = STATUS_CODES.get(response.status_code, "error")
+    message = {
+        405: "this method is not allowed here",
+        415: "send the body as application/json",
+        500: "an internal error occurred",
+    }.get(response.status_code, code.replace("_", " "))
+    headers = {k: str(v) for k, v in response.headers.items() if k.lower() in ("allow", "retry-after")}
+    return _error_response(response.status_code, code, message, trace_id, headers=headers)

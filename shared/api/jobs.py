@@ -1,0 +1,158 @@
+"""POST /v1/jobs and GET /v1/jobs/{id}: enqueue a workflow job, read its record."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import dramatiq
+
+from shared.auth import Principal, Scope
+from shared.jobs import JobRecord, JobStore, new_job_id, valid_job_id
+from shared.request_idempotency import (
+    InFlight,
+    InvalidIdempotencyKeyError,
+    Mismatch,
+    Replay,
+    RequestIdempotency,
+    fingerprint,
+)
+from shared.workflow import submit_workflow
+
+from .errors import ApiError
+from .guard import Guard
+from .models import JobAccepted, JobCost, JobRequest, JobView
+from .parsing import parse_body
+from .responses import ApiResponse
+
+JOBS_PATH = "/v1/jobs"
+
+
+class JobsApi:
+    """Job submission and status, scoped to the caller's tenant.
+
+    Parameters:
+      broker(dramatiq.Broker): Where workflow messages are enqueued.
+      jobs(JobStore)
+      guard(Guard)
+      idempotency(RequestIdempotency): ``Idempotency-Key`` handling (Stripe's semantics).
+      max_body_bytes(int)
+    """
+
+    def __init__(
+        self,
+        broker: dramatiq.Broker,
+        jobs: JobStore,
+        guard: Guard,
+        idempotency: RequestIdempotency,
+        max_body_bytes: int,
+    ) -> None:
+        self.broker = broker
+        self.jobs = jobs
+        self.guard = guard
+        self.idempotency = idempotency
+        self.max_body_bytes = max_body_bytes
+
+    def create(
+        self,
+        *,
+        authorization: str | None,
+        content_type: str | None,
+        idempotency_key: str | None,
+        body: bytes | None,
+    ) -> ApiResponse:
+        principal = self.guard.principal(authorization, Scope.JOBS_WRITE)
+        request = parse_body(body, content_type, JobRequest, max_bytes=self.max_body_bytes)
+        if not principal.has(Scope.CONTENT_DRAFT):
+            raise ApiError(403, "forbidden", "creating content needs the content:draft scope")
+        if request.publish and not principal.has(Scope.CONTENT_PUBLISH):
+            raise ApiError(403, "forbidden", "publishing needs the content:publish scope")
+        if idempotency_key is None:
+            return self._submit(principal, request)
+        return self._submit_once(principal, request, idempotency_key)
+
+    def _submit_once(self, principal: Principal, request: JobRequest, key: str) -> ApiResponse:
+        """Stripe's semantics: same key and body replay the first answer; another body is refused."""
+        print_ = fingerprint("POST", JOBS_PATH, request.model_dump(mode="json"))
+        try:
+            outcome = self.idempotency.begin(principal.tenant, key, print_)
+        except InvalidIdempotencyKeyError:
+            raise ApiError(
+                400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable characters"
+            ) from None
+        if isinstance(outcome, Replay):
+            return ApiResponse(
+                outcome.status, json.loads(outcome.body), {**outcome.headers, "Idempotent-Replayed": "true"}
+            )
+        if isinstance(outcome, Mismatch):
+            raise ApiError(
+                422, "idempotency_key_reused", "this Idempotency-Key was used with another request"
+            )
+        if isinstance(outcome, InFlight):
+            raise ApiError(409, "request_in_progress", "a request with this Idempotency-Key is still running")
+        try:
+            response = self._submit(principal, request)
+        except BaseException:
+            self.idempotency.release(principal.tenant, key)
+            raise
+        self.idempotency.complete(
+            principal.tenant,
+            key,
+            print_,
+            response.status,
+            response.headers,
+            json.dumps(response.body).encode(),
+        )
+        return response
+
+    def _submit(self, principal: Principal, request: JobRequest) -> ApiResponse:
+        job_id = new_job_id()
+        options = {
+            "site": request.site,
+            # The draft/publish gate travels with the job: the publish stage re-checks it.
+            "publish": request.publish and principal.has(Scope.CONTENT_PUBLISH),
+            "metadata": request.metadata,
+        }
+        submit_workflow(
+            self.broker,
+            self.jobs,
+            request.input.model_dump(),
+            job_id=job_id,
+            tenant=principal.tenant,
+            options=options,
+        )
+        status_url = f"{JOBS_PATH}/{job_id}"
+        accepted = JobAccepted(job_id=job_id, state="queued", status_url=status_url)
+        return ApiResponse(202, accepted.model_dump(), {"Location": status_url})
+
+    def get(self, *, authorization: str | None, job_id: str) -> ApiResponse:
+        principal = self.guard.principal(authorization, Scope.JOBS_READ)
+        if not valid_job_id(job_id):
+            raise ApiError(400, "invalid_job_id", "a job id is 1-64 letters, digits, '-' or '_'")
+        record = self.jobs.get(job_id)
+        if record is None or record.tenant != principal.tenant:
+            raise ApiError(404, "job_not_found", "there is no such job")
+        return ApiResponse(200, view(record).model_dump())
+
+
+def view(record: JobRecord) -> JobView:
+    return JobView(
+        job_id=record.job_id,
+        kind=record.kind,
+        state=record.state.value,
+        stage=record.stage,
+        attempts=record.attempts,
+        created_at=_iso(record.created_at_ms),
+        updated_at=_iso(record.updated_at_ms),
+        started_at=_iso(record.started_at_ms) if record.started_at_ms else None,
+        finished_at=_iso(record.finished_at_ms) if record.finished_at_ms else None,
+        last_error=record.last_error,
+        input_ref=record.input_ref,
+        result_ref=record.output_ref,
+        cost=JobCost(usd=str(Decimal(record.cost_micro_usd) / 1_000_000), micro_usd=record.cost_micro_usd),
+    )
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

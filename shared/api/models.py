@@ -1,0 +1,87 @@
+"""Request and response bodies of the API. Unknown fields are refused, not ignored.
+
+These models are also the source of the OpenAPI document (``functions/openapi.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+SiteId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+Text = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobInput(Strict):
+    title: Annotated[Text, StringConstraints(max_length=200)]
+    source: Annotated[Text, StringConstraints(max_length=20_000)]
+
+
+class JobRequest(Strict):
+    """A workflow job: write a post about ``input`` for ``site``; a draft unless ``publish``."""
+
+    workflow: Literal["wordpress_post"] = "wordpress_post"
+    site: SiteId | None = None
+    input: JobInput
+    publish: bool = False
+    metadata: dict[str, Annotated[str, StringConstraints(max_length=256)]] = Field(
+        default_factory=dict, max_length=20
+    )
+
+
+class JobAccepted(Strict):
+    job_id: str
+    state: str
+    status_url: str
+
+
+class JobCost(Strict):
+    usd: str = Field(description="Spend so far, exact decimal dollars")
+    micro_usd: int
+
+
+class JobView(Strict):
+    job_id: str
+    kind: str
+    state: Literal["queued", "running", "retrying", "succeeded", "failed"]
+    stage: str
+    attempts: int
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+    last_error: str | None
+    input_ref: str | None
+    result_ref: str | None
+    cost: JobCost
+
+
+class WebhookEvent(BaseModel):
+    """A WordPress event (Pressline's mu-plugin sends these; extra fields are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class WebhookAccepted(Strict):
+    status: Literal["accepted", "ignored"]
+    job_id: str | None = None
+    status_url: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+    trace_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
