@@ -28,7 +28,7 @@ from shared.config import Settings
 from shared.telemetry.logging import configure_logging
 from shared.telemetry.tracing import configure_tracing
 
-app = Chalice(app_name="pressline")
+app = Chalice(app_name="pressline", configure_logs=False)  # logging is ours (JSON, redacted)
 log = logging.getLogger("pressline.functions")
 JSON = "application/json"
 
