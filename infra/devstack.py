@@ -67,6 +67,7 @@ class Child:
     own_group: bool = False
     ready_lines_needed: int = 0
     ready_lines_seen: int = 0
+    ready_marker: str = WORKER_READY
     log_thread: threading.Thread | None = field(default=None, repr=False)
 
     @property
@@ -141,12 +142,23 @@ class Supervisor:
         return child
 
     def spawn(
-        self, name: str, args: list[str], *, env: dict[str, str], stop_timeout_s: float, ready_lines: int = 0
+        self,
+        name: str,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        stop_timeout_s: float,
+        ready_lines: int = 0,
+        ready_marker: str = WORKER_READY,
+        cwd: Path = ROOT,
     ) -> Child:
-        """Start ``args`` in a new session, its output prefixed with ``name`` on our stdout."""
+        """Start ``args`` in a new session, its output prefixed with ``name`` on our stdout.
+
+        It is ready once ``ready_lines`` lines containing ``ready_marker`` have been seen.
+        """
         process = subprocess.Popen(
             args,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -154,7 +166,16 @@ class Supervisor:
             start_new_session=True,
             preexec_fn=self._preexec,  # takes no locks, so it is safe alongside our log threads
         )
-        child = self.add(Child(name, process, stop_timeout_s, own_group=True, ready_lines_needed=ready_lines))
+        child = self.add(
+            Child(
+                name,
+                process,
+                stop_timeout_s,
+                own_group=True,
+                ready_lines_needed=ready_lines,
+                ready_marker=ready_marker,
+            )
+        )
         child.log_thread = threading.Thread(target=self._forward, args=(child,), name=name, daemon=True)
         child.log_thread.start()
         return child
@@ -163,7 +184,7 @@ class Supervisor:
         assert child.process.stdout is not None
         for raw in child.process.stdout:
             line = raw.decode(errors="replace").rstrip()
-            if WORKER_READY in line:
+            if child.ready_marker in line:
                 child.ready_lines_seen += 1
             self.say(f"{child.name:>14} | {line}")
 
@@ -367,6 +388,7 @@ def ready_report(
         rows.append(("redis", broker, "external (DRAMATIQ_BROKER_URL); not started by us"))
     aws_owner = f"pid {endpoint.process.pid}; ours" if endpoint.process else "already running; not ours"
     rows.append(("aws endpoint", endpoint.url, f"{endpoint.kind}, {aws_owner}"))
+    rows.append(("api", f"http://127.0.0.1:{settings.api_port}", "chalice local; GET /v1/openapi.json"))
     for index, queue in enumerate(QUEUES):
         child = workers[queue]
         c = settings.concurrency[queue]
@@ -394,6 +416,10 @@ def ready_report(
         "Try:",
         f'  {prefix}{python} -m workers.submit --title "Hello"   # one job through all four queues',
         f"  {aws_cli} --endpoint-url {endpoint.url} s3 ls s3://{settings.payload_bucket} --recursive",
+        f"  {prefix}{python} -m shared.auth.cli mint --tenant demo --role editor   # an API token, then:",
+        f"  curl -H 'Authorization: Bearer <token>' -H 'Content-Type: application/json' "
+        f'-d \'{{"input": {{"title": "Hi", "source": "One. Two."}}}}\' '
+        f"http://127.0.0.1:{settings.api_port}/v1/jobs",
         "",
     ]
 
@@ -437,7 +463,28 @@ def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
         )
     if not stack.wait_ready(list(workers.values()), WORKER_BOOT_TIMEOUT_S):
         return None
+
+    stack.new_tier()  # the API stops first: no new jobs while the workers drain
+    api = stack.spawn(
+        "api",
+        api_command(settings),
+        env=worker_env(settings, endpoint, 0, data_dir / "prometheus" / "api"),
+        stop_timeout_s=STOP_GRACE_S,
+        ready_lines=1,
+        ready_marker="Serving on",
+        cwd=ROOT / "functions",
+    )
+    if not stack.wait_ready([api], WORKER_BOOT_TIMEOUT_S):
+        return None
     return ready_report(settings, redis_child, endpoint, workers)
+
+
+def api_command(settings: Settings) -> list[str]:
+    """``chalice local`` serving the functions (the app in ``functions/``)."""
+    binary = shutil.which("chalice", path=str(Path(sys.executable).parent)) or shutil.which("chalice")
+    if binary is None:
+        raise StackError("chalice is not installed (run `make deps`)")
+    return [binary, "local", "--host", "127.0.0.1", "--port", str(settings.api_port), "--no-autoreload"]
 
 
 def run(settings: Settings, out: TextIO) -> int:

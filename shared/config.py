@@ -194,6 +194,7 @@ class Settings:
     min_backoff_ms: int = 500
     max_backoff_ms: int = 5 * 60_000
     metrics_port: int = 9191
+    api_port: int = 8000
     log_level: str = "INFO"
     otel_service_name: str = "pressline"
     otel_exporter_otlp_endpoint: str | None = None
@@ -259,6 +260,7 @@ class Settings:
             min_backoff_ms=_int(env, "PRESSLINE_MIN_BACKOFF_MS", default.min_backoff_ms),
             max_backoff_ms=_int(env, "PRESSLINE_MAX_BACKOFF_MS", default.max_backoff_ms),
             metrics_port=_int(env, "PRESSLINE_METRICS_PORT", default.metrics_port),
+            api_port=_int(env, "PRESSLINE_API_PORT", default.api_port),
             log_level=(env.get("PRESSLINE_LOG_LEVEL") or default.log_level).upper(),
             otel_service_name=env.get("OTEL_SERVICE_NAME") or default.otel_service_name,
             otel_exporter_otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,

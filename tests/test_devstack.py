@@ -134,6 +134,7 @@ def start_stack(tmp_path: Path) -> Iterator[StartStack]:
             PRESSLINE_DATA_DIR=str(data_dir),
             PRESSLINE_LOCAL_REDIS_PORT=str(redis_port),
             PRESSLINE_METRICS_PORT=str(free_port()),
+            PRESSLINE_API_PORT=str(free_port()),
             PRESSLINE_QUEUE_CONCURRENCY=CONCURRENCY,
             PRESSLINE_DRAIN_TIMEOUT_MS="5000",
         )
@@ -192,6 +193,11 @@ def test_run_then_ctrl_c_stops_everything(start_stack: StartStack) -> None:
     for queue in masters:
         assert (stack.data_dir / "prometheus" / queue).is_dir()
     assert all(alive(pid) for pid in children)
+    api_port = int(re.search(r"api\s+http://127.0.0.1:(\d+)", output).group(1))  # type: ignore[union-attr]
+    served = httpx.get(f"http://127.0.0.1:{api_port}/v1/openapi.json", timeout=5)
+    assert served.status_code == 200 and served.json()["info"]["title"] == "Pressline API"
+    unauthenticated = httpx.post(f"http://127.0.0.1:{api_port}/v1/jobs", json={}, timeout=5)
+    assert unauthenticated.status_code == 401  # the API reaches the stack's Redis (tokens)
 
     os.killpg(stack.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
 
