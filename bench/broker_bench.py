@@ -417,6 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         Scenario("2x8 noop", 2, 8, "noop", args.n),
         Scenario("1x1 noop", 1, 1, "noop", args.n_small),
         Scenario("2x8 cpu_2ms", 2, 8, "cpu_2ms", args.n_small),
+        Scenario("1x1 cpu_2ms", 1, 1, "cpu_2ms", max(200, args.n_small // 4)),
     ]
     wanted = set(args.only.split(",")) if args.only else None
     scenarios = [sc for sc in scenarios if wanted is None or sc.name in wanted]
@@ -536,6 +537,8 @@ TARGETS: list[tuple[str, str, str, str, str, float]] = [
     ("1x1 no-op drain >= 5x stock", "1x1 noop", "drain_per_s", "ratio", "at least", 5.0),
     ("2 ms actor (2x8) drain >= 1.2x stock", "2x8 cpu_2ms", "drain_per_s", "ratio", "at least", 1.2),
     ("2 ms actor (2x8) mixed >= 1.2x stock", "2x8 cpu_2ms", "mixed_per_s", "ratio", "at least", 1.2),
+    ("2 ms actor (1x1) drain >= 1.2x stock", "1x1 cpu_2ms", "drain_per_s", "ratio", "at least", 1.2),
+    ("2 ms actor (1x1) mixed >= 1.2x stock", "1x1 cpu_2ms", "mixed_per_s", "ratio", "at least", 1.2),
     ("<= 2 cmds/msg, 2x8 enqueue+drain", "2x8 noop", "cmds_per_msg", "value", "at most", 2.0),
     ("<= 2 cmds/msg, 1x1 enqueue+drain", "1x1 noop", "cmds_per_msg", "value", "at most", 2.0),
     ("<= 2 cmds/msg, 2x8 mixed", "2x8 noop", "mixed_cmds_per_msg", "value", "at most", 2.0),
@@ -577,7 +580,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help='subset, comma-separated: "2x8 noop", "1x1 noop", "2x8 cpu_2ms", "latency", "idle"',
+        help='subset, comma-separated, of: 2x8 noop, 1x1 noop, 2x8 cpu_2ms, 1x1 cpu_2ms, latency, idle',
     )
     args = parser.parse_args()
 
