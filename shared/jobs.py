@@ -49,7 +49,7 @@ class JobRecord:
     last_error: str | None
     input_ref: str | None
     output_ref: str | None
-    cost_micro_usd: int = 0
+    cost_pico_usd: int = 0
 
 
 def new_job_id() -> str:
@@ -101,10 +101,10 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         self.client.delete(self.key(job_id))
 
-    def add_cost(self, job_id: str, micro_usd: int) -> None:
-        """Add to the job's running cost (millionths of a dollar, so sums stay exact)."""
+    def add_cost(self, job_id: str, pico_usd: int) -> None:
+        """Add to the job's running cost in pico-dollars (10^-12 USD): integer sums stay exact."""
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.hincrby(self.key(job_id), "cost_micro_usd", micro_usd)
+            pipe.hincrby(self.key(job_id), "cost_pico_usd", pico_usd)
             pipe.expire(self.key(job_id), self.ttl_s)
             pipe.execute()
 
@@ -162,7 +162,7 @@ class JobStore:
             last_error=f.get("last_error") or None,
             input_ref=f.get("input_ref") or None,
             output_ref=f.get("output_ref") or None,
-            cost_micro_usd=int(f.get("cost_micro_usd", 0)),
+            cost_pico_usd=int(f.get("cost_pico_usd", 0)),
         )
 
     def _write(self, job_id: str, fields: dict[str, str | int]) -> None:

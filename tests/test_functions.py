@@ -105,7 +105,7 @@ def test_a_job_is_accepted_enqueued_and_readable(api: str, acme: Tenant, r: redi
         0,
         None,
     )
-    assert view["cost"] == {"usd": "0", "micro_usd": 0}
+    assert view["cost"] == {"usd": "0", "pico_usd": 0}
     assert view["created_at"].endswith("Z")
 
 

@@ -150,7 +150,9 @@ def view(record: JobRecord) -> JobView:
         last_error=record.last_error,
         input_ref=record.input_ref,
         result_ref=record.output_ref,
-        cost=JobCost(usd=str(Decimal(record.cost_micro_usd) / 1_000_000), micro_usd=record.cost_micro_usd),
+        cost=JobCost(
+            usd=format(Decimal(record.cost_pico_usd).scaleb(-12), "f"), pico_usd=record.cost_pico_usd
+        ),
     )
 
 

@@ -42,7 +42,7 @@ class JobAccepted(Strict):
 
 class JobCost(Strict):
     usd: str = Field(description="Spend so far, exact decimal dollars")
-    micro_usd: int
+    pico_usd: int = Field(description="Spend so far in 10^-12 USD (exact integer)")
 
 
 class JobView(Strict):
