@@ -150,10 +150,14 @@ def view(record: JobRecord) -> JobView:
         last_error=record.last_error,
         input_ref=record.input_ref,
         result_ref=record.output_ref,
-        cost=JobCost(
-            usd=format(Decimal(record.cost_pico_usd).scaleb(-12), "f"), pico_usd=record.cost_pico_usd
-        ),
+        cost=JobCost(usd=usd(record.cost_pico_usd), pico_usd=record.cost_pico_usd),
     )
+
+
+def usd(pico_usd: int) -> str:
+    """Exact decimal dollars of an amount in pico-dollars: 37500 -> "0.0000000375", 0 -> "0"."""
+    text = format(Decimal(pico_usd).scaleb(-12), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _iso(ms: int) -> str:
