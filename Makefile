@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench deps system-deps clean
+.PHONY: run test lint typecheck unit bench bench-api deploy package deps system-deps clean
 
 deps: $(STAMP) system-deps
 
@@ -39,6 +39,18 @@ test: lint typecheck
 
 bench: deps
 	$(BIN)/python -m bench.broker_bench
+
+bench-api: deps
+	$(BIN)/python -m bench.api_bench
+
+# Deploy the Chalice functions to the local AWS endpoint (moto on 4566 unless a LocalStack answers
+# there); the stack (make run) or a moto server must be up. STAGE=dev by default.
+STAGE ?= dev
+deploy: deps
+	$(BIN)/python -m infra.deploy --stage $(STAGE)
+
+package: deps
+	$(BIN)/python -m infra.deploy --stage $(STAGE) --package .data/package
 
 clean:
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

@@ -1,9 +1,10 @@
 """The API's cost: the webhook handler in-process, and requests/s through a real ``chalice local``.
 
 Run ``make bench-api`` (or ``.venv/bin/python -m bench.api_bench --help``). The bench starts its
-own ``redis-server`` on a free port and uses the AWS endpoint on 4566: the emulator already there,
-or a moto server it starts and stops. It needs the endpoint for the site's webhook secret in
-Secrets Manager.
+own ``redis-server`` on a free port and its own moto server on a free port
+(``localstack.endpoint.ensure_endpoint``), and stops both at the end. ``--aws-port 4566`` uses the
+emulator already on that port instead. The shared one on 4566 may belong to a test session that
+stops it halfway through the bench. The endpoint holds the site's webhook secret (Secrets Manager).
 
 (a) Webhook handler, in-process, one thread, N signed ``post.generate_requested`` webhooks, each
     with a fresh id and signed before its timer starts:
@@ -72,7 +73,8 @@ from shared.webhooks import sign, verify
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results"
-NAMESPACE = "apibench"
+#: functions/.chalice/config.json sets PRESSLINE_NAMESPACE for chalice local; the Redis is the bench's own.
+NAMESPACE = "pressline"
 SITE = "bench-site"
 TENANT = "bench"
 UNLIMITED = "1000000/s:1000000"
@@ -252,13 +254,19 @@ def bench_webhooks(
 
     from functions.app import app
 
+    failures: list[str] = []
     with Client(app) as client:
 
         def through_app(headers: dict[str, str], body: bytes) -> int:
-            return client.http.post(f"/v1/webhooks/wordpress/{SITE}", headers=headers, body=body).status_code
+            response = client.http.post(f"/v1/webhooks/wordpress/{SITE}", headers=headers, body=body)
+            if response.status_code != 202 and not failures:
+                failures.append(f"{response.status_code} {response.body[:300]!r}")
+            return response.status_code
 
         log(f"(a) chalice test client: {n} webhooks through functions.app")
         rows.append(run_inprocess("webhook: chalice test client", n, warmup, secret, through_app, cpu))
+    if failures:
+        log(f"chalice test client: first non-202 answer: {failures[0]}")
 
     secrets = (secret,)
 
@@ -311,14 +319,17 @@ def load(
     total: int,
     request: Callable[[httpx.Client, int], httpx.Response],
     expect: int,
+    keep_alive: bool = True,
 ) -> tuple[list[float], float, int]:
-    """``total`` requests split over ``clients`` threads, each with its own keep-alive connection."""
+    """``total`` requests split over ``clients`` threads, each with its own client (and, with
+    ``keep_alive``, one persistent connection; otherwise a new TCP connection per request)."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     start = threading.Barrier(clients + 1)
+    limits = httpx.Limits() if keep_alive else httpx.Limits(max_keepalive_connections=0)
 
     def worker(k: int) -> None:
-        with httpx.Client(base_url=url, timeout=30.0) as client:
+        with httpx.Client(base_url=url, timeout=30.0, limits=limits) as client:
             request(client, -1)  # open the connection outside the measured window
             start.wait()
             for i in range(k, total, clients):
@@ -345,7 +356,10 @@ def bench_http(
     auth = {"Authorization": f"Bearer {editor}"}
     rows = []
     with chalice_local(settings, endpoint, tmp / "chalice-local.log") as (url, pid):
-        job_id = httpx.post(f"{url}/v1/jobs", json=JOB, headers=auth, timeout=10).json()["job_id"]
+        first = httpx.post(f"{url}/v1/jobs", json=JOB, headers=auth, timeout=10)
+        if first.status_code != 202:
+            raise RuntimeError(f"POST /v1/jobs answered {first.status_code}: {first.text}")
+        job_id = first.json()["job_id"]
         cpu = CpuWatch([pid])
 
         def post(c: httpx.Client, i: int) -> httpx.Response:
@@ -355,16 +369,17 @@ def bench_http(
             return c.get(f"/v1/jobs/{job_id}", headers=auth)
 
         scenarios = [
-            ("POST /v1/jobs", post, 202, 1, args.http_n),
-            ("GET /v1/jobs/{id}", get, 200, 1, args.http_n),
-            ("POST /v1/jobs", post, 202, args.clients, args.http_n * 2),
-            ("GET /v1/jobs/{id}", get, 200, args.clients, args.http_n * 2),
+            (name, request, expect, clients, total, keep_alive)
+            for keep_alive in (True, False)
+            for clients, total in ((1, args.http_n), (args.clients, args.http_n * 2))
+            for name, request, expect in (("POST /v1/jobs", post, 202), ("GET /v1/jobs/{id}", get, 200))
         ]
-        for name, request, expect, clients, total in scenarios:
-            label = f"http: {name}, {clients} client{'s' if clients > 1 else ''}"
+        for name, request, expect, clients, total, keep_alive in scenarios:
+            connection = "keep-alive" if keep_alive else "new conn"
+            label = f"http: {name}, {clients} client{'s' if clients > 1 else ''}, {connection}"
             log(f"(b) {label}: {total} requests")
             with cpu.measure() as usage:
-                latencies, wall, errors = load(url, clients, total, request, expect)
+                latencies, wall, errors = load(url, clients, total, request, expect, keep_alive)
             rows.append(
                 summarise(
                     label,
@@ -372,6 +387,7 @@ def bench_http(
                     wall,
                     errors,
                     clients=clients,
+                    keep_alive=keep_alive,
                     server_cpu_ms_per_req=usage["extra_cpu_s"][0] * 1000 / total,
                     other_load=usage["other_load"],
                 )
@@ -384,14 +400,14 @@ def bench_http(
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'measurement':<38} {'n':>6} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'measurement':<50} {'n':>6} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
         f"{'errors':>6} {'srv CPU ms/req':>14} {'other load':>10}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         cpu = f"{r['server_cpu_ms_per_req']:.2f}" if "server_cpu_ms_per_req" in r else "-"
         lines.append(
-            f"{r['name']:<38} {r['n']:>6} {r['per_s']:>9,.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
+            f"{r['name']:<50} {r['n']:>6} {r['per_s']:>9,.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
             f"{r['max_ms']:>8.2f} {r['errors']:>6} {cpu:>14} {r['other_load']:>9.0%}"
         )
     return "\n".join(lines)
@@ -402,9 +418,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhooks", type=int, default=2_000, help="webhooks per in-process run")
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls before each in-process run")
     parser.add_argument(
-        "--http-n", type=int, default=1_000, help="requests per sequential HTTP run (x2 concurrent)"
+        "--http-n", type=int, default=500, help="requests per sequential HTTP run (x2 concurrent)"
     )
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
+    parser.add_argument(
+        "--aws-port",
+        type=int,
+        default=0,
+        help="use the emulator on this port (default: start a private moto)",
+    )
     parser.add_argument("--skip-http", action="store_true", help="only the in-process part")
     args = parser.parse_args(argv)
 
@@ -412,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="api-bench-"))
     port = free_port()
     redis_proc = start_redis(port, tmp / "redis", durable=False)
-    endpoint = ensure_endpoint()
+    # A moto server of the bench's own by default: the one on 4566 may belong to a test session,
+    # which stops (or resets) it whenever it finishes, halfway through a measurement.
+    endpoint = ensure_endpoint(port=args.aws_port or free_port())
     started_here = ", started by the bench" if endpoint.process else ""
     log(f"redis on {port}, AWS endpoint {endpoint.url} ({endpoint.kind}{started_here})")
     try:

@@ -580,7 +580,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help='subset, comma-separated, of: 2x8 noop, 1x1 noop, 2x8 cpu_2ms, 1x1 cpu_2ms, latency, idle',
+        help="subset, comma-separated, of: 2x8 noop, 1x1 noop, 2x8 cpu_2ms, 1x1 cpu_2ms, latency, idle",
     )
     args = parser.parse_args()
 

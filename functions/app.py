@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -33,14 +34,33 @@ log = logging.getLogger("pressline.functions")
 JSON = "application/json"
 
 
-@cache
+_services: Services | None = None
+_services_lock = threading.Lock()
+
+
 def services() -> Services:
-    """Built on the first request, then reused for the life of the process (or Lambda container)."""
-    settings = Settings.from_env()
-    configure_logging(settings)
-    provider = configure_tracing(settings)
-    trace.set_tracer_provider(provider)
-    return Services.from_settings(settings, provider)
+    """Built once, on the first request, then reused for the life of the process (Lambda container).
+
+    The middleware calls it before it opens the request's span, so even the first request of a
+    process is traced by the configured provider.
+    """
+    global _services
+    if _services is None:
+        with _services_lock:
+            if _services is None:
+                settings = Settings.from_env()
+                configure_logging(settings)
+                provider = configure_tracing(settings)
+                trace.set_tracer_provider(provider)
+                _services = Services.from_settings(settings, provider)
+    return _services
+
+
+def reset_services() -> None:
+    """Forget the built services (tests that change the environment between apps)."""
+    global _services
+    with _services_lock:
+        _services = None
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -125,6 +145,7 @@ def _openapi_document() -> str:
 @app.middleware("http")
 def envelope(event: Request, get_response: Callable[[Request], Response]) -> Response:
     """Trace, error shape and trace id for every request."""
+    services()
     tracer = trace.get_tracer("pressline.functions")
     route = event.context.get("resourcePath", event.path)
     with tracer.start_as_current_span(

@@ -32,8 +32,9 @@ def probe(url: str) -> str | None:
     except httpx.HTTPError:
         return None
     try:
-        moto = httpx.get(f"{url}/moto-api/data.json", timeout=1.0)
-        if moto.status_code == 200:
+        # moto's dashboard; its data.json answers 500 for good once the server has held a Lambda
+        moto = httpx.get(f"{url}/moto-api/", timeout=1.0)
+        if moto.status_code == 200 and "<title>Moto" in moto.text:
             return "moto"
     except httpx.HTTPError:
         return None

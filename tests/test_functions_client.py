@@ -26,10 +26,10 @@ def client(redis_url: str, aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPat
     settings = Settings.from_env()
     ensure_bucket(settings)
     put_site_secret(settings, "shop", SECRET)
-    functions_app.services.cache_clear()
+    functions_app.reset_services()
     with Client(functions_app.app) as test_client:
         yield test_client
-    functions_app.services.cache_clear()
+    functions_app.reset_services()
 
 
 @pytest.fixture
