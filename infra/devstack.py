@@ -388,7 +388,13 @@ def ready_report(
         rows.append(("redis", broker, "external (DRAMATIQ_BROKER_URL); not started by us"))
     aws_owner = f"pid {endpoint.process.pid}; ours" if endpoint.process else "already running; not ours"
     rows.append(("aws endpoint", endpoint.url, f"{endpoint.kind}, {aws_owner}"))
-    rows.append(("api", f"http://127.0.0.1:{settings.api_port}", "chalice local; GET /v1/openapi.json"))
+    rows.append(
+        (
+            "api",
+            f"http://127.0.0.1:{settings.api_port}",
+            "chalice local server (SSE streamed); GET /v1/openapi.json",
+        )
+    )
     for index, queue in enumerate(QUEUES):
         child = workers[queue]
         c = settings.concurrency[queue]
@@ -472,7 +478,6 @@ def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
         stop_timeout_s=STOP_GRACE_S,
         ready_lines=1,
         ready_marker="Serving on",
-        cwd=ROOT / "functions",
     )
     if not stack.wait_ready([api], WORKER_BOOT_TIMEOUT_S):
         return None
@@ -480,11 +485,8 @@ def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
 
 
 def api_command(settings: Settings) -> list[str]:
-    """``chalice local`` serving the functions (the app in ``functions/``)."""
-    binary = shutil.which("chalice", path=str(Path(sys.executable).parent)) or shutil.which("chalice")
-    if binary is None:
-        raise StackError("chalice is not installed (run `make deps`)")
-    return [binary, "local", "--host", "127.0.0.1", "--port", str(settings.api_port), "--no-autoreload"]
+    """Chalice's local server for the functions, with server-sent events streamed as produced."""
+    return [sys.executable, "-m", "functions.serve", "--host", "127.0.0.1", "--port", str(settings.api_port)]
 
 
 def run(settings: Settings, out: TextIO) -> int:
