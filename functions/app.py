@@ -24,8 +24,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from shared.api.errors import STATUS_CODES, ApiError, error_body
 from shared.api.responses import ApiResponse
 from shared.api.services import Services
+from shared.api.streaming import StreamingResponse
 from shared.api.trace_context import inbound_context
 from shared.config import Settings
+from shared.proxy.service import StreamingResult
 from shared.telemetry.logging import configure_logging
 from shared.telemetry.tracing import configure_tracing
 
@@ -109,6 +111,28 @@ def wordpress_webhook(site: str) -> Response:
     return _respond(services().webhooks.receive(site, dict(request.headers), _raw(request)))
 
 
+@app.route("/v1/chat/completions", methods=["POST"], content_types=[JSON])
+@answers_errors
+def chat_completions() -> Response:
+    """OpenAI-compatible; streams when the body says ``"stream": true``."""
+    request = _request()
+    return _respond(services().proxy.chat_completions(**_proxy_args(request)))
+
+
+@app.route("/v1/messages", methods=["POST"], content_types=[JSON])
+@answers_errors
+def messages() -> Response:
+    """Anthropic-compatible; streams when the body says ``"stream": true``."""
+    request = _request()
+    return _respond(services().proxy.messages(**_proxy_args(request)))
+
+
+@app.route("/v1/models", methods=["GET"])
+@answers_errors
+def models() -> Response:
+    return _respond(services().proxy.models(authorization=_bearer(_request())))
+
+
 @app.route("/v1/openapi.json", methods=["GET"])
 def openapi() -> Response:
     return Response(body=_openapi_document(), status_code=200, headers={"Content-Type": JSON})
@@ -129,7 +153,32 @@ def _raw(request: Request) -> bytes:
     return body.encode() if isinstance(body, str) else body
 
 
-def _respond(result: ApiResponse) -> Response:
+def _bearer(request: Request) -> str | None:
+    """The API token: ``Authorization: Bearer``, or ``x-api-key`` as Anthropic's SDK sends it."""
+    authorization = request.headers.get("authorization")
+    if authorization:
+        return authorization
+    api_key = request.headers.get("x-api-key")
+    return f"Bearer {api_key}" if api_key else None
+
+
+def _proxy_args(request: Request) -> dict[str, Any]:
+    return {
+        "authorization": _bearer(request),
+        "content_type": request.headers.get("content-type"),
+        "body": _raw(request),
+        "route_key": request.headers.get("x-pressline-route-key"),
+        "job_id": request.headers.get("x-pressline-job-id"),
+    }
+
+
+def _respond(result: ApiResponse | StreamingResult) -> Response:
+    if isinstance(result, StreamingResult):
+        return StreamingResponse(result.chunks, 200, result.headers)
+    return _respond_json(result)
+
+
+def _respond_json(result: ApiResponse) -> Response:
     return Response(
         body=result.body, status_code=result.status, headers={"Content-Type": JSON, **result.headers}
     )

@@ -193,6 +193,18 @@ class Settings:
     max_retries: int = 5
     min_backoff_ms: int = 500
     max_backoff_ms: int = 5 * 60_000
+    openai_base_url: str = "https://api.openai.com/v1"
+    anthropic_base_url: str = "https://api.anthropic.com"
+    groq_base_url: str = "https://api.groq.com/openai/v1"
+    routing_policy: str | None = None
+    proxy_keepalive_s: float = 10.0
+    proxy_attempts_per_target: int = 3
+    proxy_backoff_base_s: float = 0.25
+    proxy_backoff_max_s: float = 8.0
+    proxy_max_body_bytes: int = 1024 * 1024
+    proxy_default_max_tokens: int = 4096
+    breaker_fail_max: int = 5
+    breaker_reset_timeout_s: float = 30.0
     metrics_port: int = 9191
     api_port: int = 8000
     log_level: str = "INFO"
@@ -201,6 +213,14 @@ class Settings:
     otel_resource_attributes: str = ""
     otel_traces_sampler: str = "parentbased_always_on"
     otel_traces_sampler_arg: float = 1.0
+    #: A JSON price table to use instead of the packaged ``shared/cost/prices.json``.
+    price_table_path: str | None = None
+    #: Cost-ledger entries kept per tenant (the stream is trimmed approximately past this).
+    cost_ledger_maxlen: int = 100_000
+    #: How long a request's cost record (totals and its attempts) can be looked up.
+    cost_request_ttl_s: int = 30 * 24 * 3600
+    #: A budget hold expires after this, so a crashed process cannot keep a tenant's budget.
+    budget_reservation_ttl_s: float = 900.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -259,6 +279,24 @@ class Settings:
             max_retries=_int(env, "PRESSLINE_MAX_RETRIES", default.max_retries),
             min_backoff_ms=_int(env, "PRESSLINE_MIN_BACKOFF_MS", default.min_backoff_ms),
             max_backoff_ms=_int(env, "PRESSLINE_MAX_BACKOFF_MS", default.max_backoff_ms),
+            openai_base_url=env.get("PRESSLINE_OPENAI_BASE_URL") or default.openai_base_url,
+            anthropic_base_url=env.get("PRESSLINE_ANTHROPIC_BASE_URL") or default.anthropic_base_url,
+            groq_base_url=env.get("PRESSLINE_GROQ_BASE_URL") or default.groq_base_url,
+            routing_policy=env.get("PRESSLINE_ROUTING_POLICY") or None,
+            proxy_keepalive_s=_float(env, "PRESSLINE_PROXY_KEEPALIVE_S", default.proxy_keepalive_s),
+            proxy_attempts_per_target=_int(
+                env, "PRESSLINE_PROXY_ATTEMPTS", default.proxy_attempts_per_target
+            ),
+            proxy_backoff_base_s=_float(env, "PRESSLINE_PROXY_BACKOFF_BASE_S", default.proxy_backoff_base_s),
+            proxy_backoff_max_s=_float(env, "PRESSLINE_PROXY_BACKOFF_MAX_S", default.proxy_backoff_max_s),
+            proxy_max_body_bytes=_int(env, "PRESSLINE_PROXY_MAX_BODY_BYTES", default.proxy_max_body_bytes),
+            proxy_default_max_tokens=_int(
+                env, "PRESSLINE_PROXY_DEFAULT_MAX_TOKENS", default.proxy_default_max_tokens
+            ),
+            breaker_fail_max=_int(env, "PRESSLINE_BREAKER_FAIL_MAX", default.breaker_fail_max),
+            breaker_reset_timeout_s=_float(
+                env, "PRESSLINE_BREAKER_RESET_TIMEOUT_S", default.breaker_reset_timeout_s
+            ),
             metrics_port=_int(env, "PRESSLINE_METRICS_PORT", default.metrics_port),
             api_port=_int(env, "PRESSLINE_API_PORT", default.api_port),
             log_level=(env.get("PRESSLINE_LOG_LEVEL") or default.log_level).upper(),
@@ -267,4 +305,10 @@ class Settings:
             otel_resource_attributes=env.get("OTEL_RESOURCE_ATTRIBUTES") or "",
             otel_traces_sampler=(env.get("OTEL_TRACES_SAMPLER") or default.otel_traces_sampler).lower(),
             otel_traces_sampler_arg=_float(env, "OTEL_TRACES_SAMPLER_ARG", default.otel_traces_sampler_arg),
+            price_table_path=env.get("PRESSLINE_PRICE_TABLE") or None,
+            cost_ledger_maxlen=_int(env, "PRESSLINE_COST_LEDGER_MAXLEN", default.cost_ledger_maxlen),
+            cost_request_ttl_s=_int(env, "PRESSLINE_COST_REQUEST_TTL_S", default.cost_request_ttl_s),
+            budget_reservation_ttl_s=_float(
+                env, "PRESSLINE_BUDGET_RESERVATION_TTL_S", default.budget_reservation_ttl_s
+            ),
         )

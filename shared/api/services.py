@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
+import redis
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared.auth import TokenStore
 from shared.aws import aws_client
 from shared.claim_check import ClaimCheckEncoder
 from shared.config import Settings
+from shared.cost.budget import BudgetGuard
+from shared.cost.ledger import CostLedger
+from shared.cost.prices import PriceTable
 from shared.jobs import JobStore
 from shared.payloads import PayloadStore
+from shared.proxy.accounting import CostAccounting
+from shared.proxy.breakers import Breakers
+from shared.proxy.keys import ProviderKeys
+from shared.proxy.providers import AnthropicProvider, GroqProvider, OpenAIProvider, Provider
+from shared.proxy.routing import Router
+from shared.proxy.service import ProxyService, RetryPolicy
 from shared.ratelimit import RateLimiter
 from shared.redis_client import redis_client
 from shared.request_idempotency import RequestIdempotency
@@ -29,6 +41,7 @@ from .jobs import JobsApi
 class Services:
     jobs: JobsApi
     webhooks: WebhookIntake
+    proxy: ProxyService
     broker: RedisStreamsBroker
 
     @classmethod
@@ -68,5 +81,38 @@ class Services:
         return cls(
             jobs=JobsApi(broker, jobs, guard, idempotency, settings.max_job_body_bytes),
             webhooks=intake,
+            proxy=build_proxy(settings, client, guard, jobs),
             broker=broker,
         )
+
+
+def build_proxy(settings: Settings, client: redis.Redis, guard: Guard, jobs: JobStore) -> ProxyService:
+    """The inference proxy with its providers, policy, breakers, budgets and ledger."""
+    providers: dict[str, Provider] = {
+        "openai": OpenAIProvider(settings.openai_base_url),
+        "anthropic": AnthropicProvider(settings.anthropic_base_url),
+        "groq": GroqProvider(settings.groq_base_url),
+    }
+    ledger = CostLedger.from_settings(settings, client)
+    budgets = BudgetGuard.from_settings(settings, client, ledger=ledger)
+    return ProxyService(
+        guard=guard,
+        router=Router(Path(settings.routing_policy)) if settings.routing_policy else Router(),
+        providers=providers,
+        keys=ProviderKeys(aws_client("secretsmanager", settings), settings.provider_secret_prefix),
+        breakers=Breakers(
+            client, settings.namespace, settings.breaker_fail_max, settings.breaker_reset_timeout_s
+        ),
+        accounting=CostAccounting(
+            PriceTable.load(settings.price_table_path), budgets, settings.proxy_default_max_tokens
+        ),
+        http=httpx.Client(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)),
+        retry=RetryPolicy(
+            attempts_per_target=settings.proxy_attempts_per_target,
+            base_s=settings.proxy_backoff_base_s,
+            max_s=settings.proxy_backoff_max_s,
+        ),
+        keepalive_s=settings.proxy_keepalive_s,
+        max_body_bytes=settings.proxy_max_body_bytes,
+        default_max_tokens=settings.proxy_default_max_tokens,
+    )

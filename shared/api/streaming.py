@@ -37,7 +37,7 @@ class StreamingResponse(Response):
     def __init__(
         self, chunks: Iterator[bytes], status_code: int = 200, headers: dict[str, str] | None = None
     ):
-        super().__init__(body=b"", status_code=status_code, headers=headers or {})
+        super().__init__(body=b"", status_code=status_code, headers=dict(headers or {}))
         self.chunks = chunks
 
     def to_dict(self, binary_types: list[str] | None = None) -> dict[str, Any]:

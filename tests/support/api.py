@@ -97,3 +97,33 @@ def chalice_local(redis_url: str, log: Path, **env: str) -> Iterator[str]:
         yield url
     finally:
         stop_process(proc)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def streaming_server(redis_url: str, log: Path, **env: str) -> Iterator[str]:
+    """``python -m functions.serve`` (Chalice's local server, SSE streamed) on a free port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "python"), "-m", "functions.serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=worker_env(redis_url, **env),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"functions.serve exited: {log.read_text()[-2000:]}")
+            try:
+                httpx.get(f"{url}/v1/openapi.json", timeout=1.0)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url
+    finally:
+        stop_process(proc)  # type: ignore[arg-type]

@@ -1,0 +1,521 @@
+"""The inference proxy: ``/v1/chat/completions`` (OpenAI) and ``/v1/messages`` (Anthropic).
+
+For each request: authenticate (``proxy:invoke``), reserve the worst-case cost against the
+tenant's budget (402 before any upstream call), pick targets by the routing policy, then try
+them in order — retrying connect errors, 429s and 5xx with full-jitter backoff (or the
+provider's ``Retry-After``) only while nothing has reached the client, and skipping providers
+whose breaker is open.  A stream is committed to the client with its first event; from then on
+events go out as they arrive, keep-alive comments fill long gaps, and a timeout or a cut ends it
+with an error event in the client's own protocol.  Cost is settled from the provider's reported
+usage, or estimated (and marked so) when the stream ended before it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from shared.api.errors import ApiError
+from shared.api.guard import Guard
+from shared.api.responses import ApiResponse
+from shared.auth import Principal, Scope
+
+from . import translate
+from .breakers import Breakers
+from .keys import ProviderKeyError, ProviderKeys
+from .providers.base import Provider, Wire
+from .routing import Router, RoutingError, Target
+from .sse import SSEEvent, encode_comment, encode_event
+from .upstream import KEEPALIVE, UpstreamError, UpstreamStream, call, event_json
+from .usage import Reported, UsageTracker
+
+tracer = trace.get_tracer("pressline.proxy")
+
+
+class Accounting(Protocol):
+    """Budgets and the cost ledger, as the proxy uses them."""
+
+    def reserve(self, tenant: str, targets: list[Target], prompt_text: str, max_tokens: int | None) -> Any:
+        """Hold the worst-case cost; raise ApiError(402) when it would pass a hard budget."""
+
+    def settle(
+        self,
+        reservation: Any,
+        *,
+        request_id: str,
+        tenant: str,
+        target: Target,
+        reported: Reported,
+        prompt_text: str,
+        job_id: str | None,
+    ) -> int:
+        """Record the real cost (estimated when the usage never came) and free the hold."""
+
+    def release(self, reservation: Any) -> None:
+        """Free the hold of a request that consumed nothing."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts_per_target: int = 3
+    base_s: float = 0.25
+    max_s: float = 8.0
+    max_retry_after_s: float = 30.0  # a longer Retry-After fails over instead of waiting
+
+    def delay(self, attempt: int, retry_after_s: float | None) -> float | None:
+        """Full jitter, or the provider's Retry-After; None: don't wait, fail over."""
+        if retry_after_s is not None:
+            return retry_after_s if retry_after_s <= self.max_retry_after_s else None
+        return random.uniform(0, min(self.max_s, self.base_s * 2**attempt))
+
+
+@dataclass
+class StreamingResult:
+    """A committed stream: headers now, then ``chunks`` as they are produced."""
+
+    headers: dict[str, str]
+    chunks: Iterator[bytes]
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    wire: Wire
+    body: dict[str, Any]
+    principal: Principal
+    request_id: str
+    route_key: str | None
+    job_id: str | None
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    @property
+    def wants_usage(self) -> bool:
+        """OpenAI clients get the usage chunk only when they ask; Anthropic's events always carry it."""
+        if self.wire == "anthropic":
+            return True
+        return bool((self.body.get("stream_options") or {}).get("include_usage"))
+
+
+class ProxyService:
+    """Serves the two proxy endpoints and the model list.
+
+    Parameters:
+      guard(Guard): Token, scope and per-tenant rate limit.
+      router(Router): The routing policy.
+      providers(dict[str, Provider])
+      keys(ProviderKeys): Provider API keys (never sent to clients, logs or traces).
+      breakers(Breakers)
+      accounting(Accounting)
+      http(httpx.Client): Pooled upstream connections.
+      retry(RetryPolicy)
+      keepalive_s(float): A comment is sent when the upstream is quiet this long.
+      max_body_bytes(int)
+      default_max_tokens(int): Anthropic requires max_tokens; used when an OpenAI client gave none.
+      sleep: Waits between retries (a parameter for tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        guard: Guard,
+        router: Router,
+        providers: dict[str, Provider],
+        keys: ProviderKeys,
+        breakers: Breakers,
+        accounting: Accounting,
+        http: httpx.Client,
+        retry: RetryPolicy,
+        keepalive_s: float,
+        max_body_bytes: int,
+        default_max_tokens: int,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.guard = guard
+        self.router = router
+        self.providers = providers
+        self.keys = keys
+        self.breakers = breakers
+        self.accounting = accounting
+        self.http = http
+        self.retry = retry
+        self.keepalive_s = keepalive_s
+        self.max_body_bytes = max_body_bytes
+        self.default_max_tokens = default_max_tokens
+        self.sleep = sleep
+
+    # -- the endpoints ----------------------------------------------------------------------------
+
+    def chat_completions(self, **request: Any) -> ApiResponse | StreamingResult:
+        return self._handle("openai", **request)
+
+    def messages(self, **request: Any) -> ApiResponse | StreamingResult:
+        return self._handle("anthropic", **request)
+
+    def models(self, *, authorization: str | None) -> ApiResponse:
+        self.guard.principal(authorization, Scope.PROXY_INVOKE)
+        data = [
+            {"id": alias, "object": "model", "created": 0, "owned_by": "pressline"}
+            for alias in self.router.aliases()
+        ]
+        return ApiResponse(200, {"object": "list", "data": data})
+
+    # -- one request ------------------------------------------------------------------------------
+
+    def _handle(
+        self,
+        wire: Wire,
+        *,
+        authorization: str | None,
+        content_type: str | None,
+        body: bytes | None,
+        route_key: str | None = None,
+        job_id: str | None = None,
+    ) -> ApiResponse | StreamingResult:
+        principal = self.guard.principal(authorization, Scope.PROXY_INVOKE)
+        request = ClientRequest(
+            wire, self._parse(body, content_type, wire), principal, uuid.uuid4().hex, route_key, job_id
+        )
+        try:
+            route = self.router.route(str(request.body["model"]))
+        except RoutingError as e:
+            raise ApiError(404, "model_not_found", str(e)) from None
+        sticky = principal.tenant if route.sticky == "tenant" else (route_key or request.request_id)
+        targets = route.order(sticky)
+        prompt_text = _prompt_text(request.body)
+        max_tokens = request.body.get("max_tokens") or request.body.get("max_completion_tokens")
+        reservation = self.accounting.reserve(principal.tenant, targets, prompt_text, max_tokens)
+        try:
+            return self._dispatch(request, targets, reservation, prompt_text)
+        except BaseException:
+            self.accounting.release(reservation)
+            raise
+
+    def _parse(self, body: bytes | None, content_type: str | None, wire: Wire) -> dict[str, Any]:
+        raw = body or b""
+        if len(raw) > self.max_body_bytes:
+            raise ApiError(413, "payload_too_large", f"the body is larger than {self.max_body_bytes} bytes")
+        if (content_type or "application/json").split(";", 1)[0].strip().lower() != "application/json":
+            raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise ApiError(422, "invalid_body", "the body must be a JSON object")
+        if not isinstance(value.get("model"), str) or not value["model"]:
+            raise ApiError(
+                422, "invalid_body", "model is required", details=[{"field": "model", "problem": "missing"}]
+            )
+        if not isinstance(value.get("messages"), list) or not value["messages"]:
+            raise ApiError(
+                422,
+                "invalid_body",
+                "messages is required",
+                details=[{"field": "messages", "problem": "missing"}],
+            )
+        if wire == "anthropic" and not isinstance(value.get("max_tokens"), int):
+            raise ApiError(
+                422,
+                "invalid_body",
+                "max_tokens is required",
+                details=[{"field": "max_tokens", "problem": "missing"}],
+            )
+        return value
+
+    def _dispatch(
+        self, request: ClientRequest, targets: list[Target], reservation: Any, prompt_text: str
+    ) -> ApiResponse | StreamingResult:
+        last: UpstreamError | None = None
+        for target in targets:
+            if not self.breakers.allows(target.provider):
+                last = UpstreamError(
+                    "breaker_open", f"{target.provider} is failing; its circuit is open", retryable=True
+                )
+                continue
+            provider = self.providers[target.provider]
+            upstream_body = self._upstream_body(request, provider.wire, target.model)
+            for attempt in range(self.retry.attempts_per_target):
+                span = tracer.start_span(
+                    "llm.attempt",
+                    attributes={
+                        "llm.provider": target.provider,
+                        "llm.model": target.model,
+                        "llm.attempt": attempt + 1,
+                        "llm.stream": request.stream,
+                        "pressline.request_id": request.request_id,
+                    },
+                )
+                try:
+                    with trace.use_span(span, end_on_exit=False):
+                        result = self._attempt(
+                            request, target, provider, upstream_body, reservation, prompt_text, span
+                        )
+                    self.breakers.success(target.provider)
+                    return result
+                except UpstreamError as e:
+                    span.set_attribute("llm.outcome", e.kind)
+                    span.set_status(Status(StatusCode.ERROR, e.kind))
+                    span.end()
+                    last = e
+                    if not e.retryable:
+                        raise self._client_error(e) from None
+                    self.breakers.failure(target.provider)
+                    if not self.breakers.allows(target.provider):
+                        break
+                    wait = self.retry.delay(attempt, e.retry_after_s)
+                    if wait is None or attempt + 1 == self.retry.attempts_per_target:
+                        break
+                    self.sleep(wait)
+                except ProviderKeyError:
+                    span.end()
+                    raise ApiError(
+                        503, "unavailable", f"the {target.provider} credentials are unavailable"
+                    ) from None
+        raise self._exhausted(last)
+
+    def _attempt(
+        self,
+        request: ClientRequest,
+        target: Target,
+        provider: Provider,
+        upstream_body: dict[str, Any],
+        reservation: Any,
+        prompt_text: str,
+        span: Span,
+    ) -> ApiResponse | StreamingResult:
+        outgoing = provider.request(upstream_body, self.keys.get(provider.name))
+        headers = {
+            "x-pressline-provider": target.provider,
+            "x-pressline-model": target.model,
+            "x-pressline-request-id": request.request_id,
+        }
+        if not request.stream:
+            reply = call(self.http, outgoing, target.timeouts)
+            tracker = UsageTracker(provider.wire)
+            if provider.wire == "openai":
+                tracker.set_openai_usage(reply.get("usage") or {})
+            else:
+                tracker.set_anthropic_usage(reply.get("usage") or {})
+            cost = self.accounting.settle(
+                reservation, request_id=request.request_id, tenant=request.principal.tenant, target=target,
+                reported=tracker.reported, prompt_text=prompt_text, job_id=request.job_id,
+            )  # fmt: skip
+            _record(span, "ok", tracker.reported, cost)
+            span.end()
+            return ApiResponse(200, self._downstream_body(request, provider.wire, reply), headers)
+        stream = UpstreamStream(self.http, outgoing, target.timeouts, self.keepalive_s)
+        first = self._first_event(stream)  # a failure here is still retryable: nothing was sent
+        span.set_attribute("llm.time_to_first_token_ms", round(stream.elapsed_s * 1000, 1))
+        chunks = self._relay(request, target, provider.wire, stream, first, reservation, prompt_text, span)
+        return StreamingResult(
+            {**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}, chunks
+        )
+
+    def _first_event(self, stream: UpstreamStream) -> SSEEvent:
+        while True:
+            event = stream.next_event()
+            if event is None:
+                raise UpstreamError(
+                    "protocol", "the provider ended the stream without sending anything", retryable=True
+                )
+            if event is not KEEPALIVE:
+                return event  # type: ignore[return-value]
+
+    # -- the committed stream -----------------------------------------------------------------------
+
+    def _relay(
+        self,
+        request: ClientRequest,
+        target: Target,
+        wire: Wire,
+        stream: UpstreamStream,
+        first: SSEEvent,
+        reservation: Any,
+        prompt_text: str,
+        span: Span,
+    ) -> Iterator[bytes]:
+        tracker = UsageTracker(wire)
+        convert = self._stream_converter(request, wire, target.model)
+        context = otel_context.get_current()
+        done = False
+
+        def settle(outcome: str) -> None:
+            cost = self.accounting.settle(
+                reservation, request_id=request.request_id, tenant=request.principal.tenant, target=target,
+                reported=tracker.reported, prompt_text=prompt_text, job_id=request.job_id,
+            )  # fmt: skip
+            _record(span, outcome, tracker.reported, cost)
+            span.set_attribute("llm.duration_ms", round(stream.elapsed_s * 1000, 1))
+            if outcome != "ok":
+                span.set_status(Status(StatusCode.ERROR, outcome))
+            span.end()
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal done
+            token = otel_context.attach(context)
+            try:
+                event: SSEEvent | Any = first
+                while True:
+                    if event is KEEPALIVE:
+                        yield encode_comment("keep-alive")
+                    else:
+                        tracker.feed(event.event, event_json(event))
+                        for out in convert(event):
+                            yield out
+                    event = stream.next_event()
+                    if event is None:
+                        break
+                for out in convert(None):
+                    yield out
+                done = True
+                settle("ok")
+            except UpstreamError as e:
+                yield self._error_event(request.wire, e)
+                done = True
+                settle(e.kind)
+            finally:
+                stream.close()
+                if not done:  # the client went away: the upstream request is cancelled above
+                    settle("client_disconnected")
+                otel_context.detach(token)
+
+        return chunks()
+
+    # -- formats ------------------------------------------------------------------------------------
+
+    def _upstream_body(self, request: ClientRequest, wire: Wire, model: str) -> dict[str, Any]:
+        body = dict(request.body)
+        if request.wire != wire:
+            if request.wire == "openai":
+                body = translate.openai_to_anthropic_request(body, default_max_tokens=self.default_max_tokens)
+            else:
+                body = translate.anthropic_to_openai_request(body)
+        body["model"] = model
+        return body
+
+    def _downstream_body(self, request: ClientRequest, wire: Wire, reply: dict[str, Any]) -> dict[str, Any]:
+        model = str(request.body["model"])
+        if request.wire == wire:
+            return {**reply, "model": model}
+        if request.wire == "openai":
+            return translate.anthropic_to_openai_response(reply, model=model)
+        return translate.openai_to_anthropic_response(reply, model=model)
+
+    def _stream_converter(
+        self, request: ClientRequest, wire: Wire, model: str
+    ) -> Callable[[SSEEvent | None], list[bytes]]:
+        """Turns each upstream event (None at the end) into the bytes the client gets."""
+        alias = str(request.body["model"])
+        if request.wire == wire == "openai":
+            wants_usage = request.wants_usage
+
+            def openai_passthrough(event: SSEEvent | None) -> list[bytes]:
+                if event is None:
+                    return []
+                data = event_json(event)
+                if data is not None:
+                    if not data.get("choices") and data.get("usage") and not wants_usage:
+                        return []  # the usage chunk we asked for on the client's behalf
+                    data["model"] = alias
+                    return [encode_event(json.dumps(data, separators=(",", ":")))]
+                return [encode_event(event.data)]
+
+            return openai_passthrough
+        if request.wire == wire == "anthropic":
+
+            def anthropic_passthrough(event: SSEEvent | None) -> list[bytes]:
+                return [] if event is None else [encode_event(event.data, event=event.event)]
+
+            return anthropic_passthrough
+        if request.wire == "openai":
+            to_openai = translate.AnthropicToOpenAIStream(
+                alias, f"chatcmpl-{uuid.uuid4().hex}", request.wants_usage
+            )
+
+            def from_anthropic(event: SSEEvent | None) -> list[bytes]:
+                if event is None:
+                    return [encode_event("[DONE]")]
+                data = event_json(event)
+                if data is None:
+                    return []
+                return [
+                    encode_event(json.dumps(c, separators=(",", ":")))
+                    for c in to_openai.feed(event.event or "", data)
+                ]
+
+            return from_anthropic
+        to_anthropic = translate.OpenAIToAnthropicStream(alias, f"msg_{uuid.uuid4().hex}")
+
+        def from_openai(event: SSEEvent | None) -> list[bytes]:
+            pairs = to_anthropic.finish() if event is None else to_anthropic.feed(event_json(event) or {})
+            return [encode_event(json.dumps(d, separators=(",", ":")), event=name) for name, d in pairs]
+
+        return from_openai
+
+    def _error_event(self, wire: Wire, error: UpstreamError) -> bytes:
+        """The end of a stream that failed after it started, in the client's protocol (no [DONE])."""
+        kind = "timeout" if "timeout" in error.kind else "upstream_error"
+        if wire == "openai":
+            return translate.openai_error_event(str(error), kind, error.kind)
+        return translate.anthropic_error_event(
+            str(error), "api_error" if kind == "upstream_error" else "timeout_error"
+        )
+
+    def _client_error(self, error: UpstreamError) -> ApiError:
+        """A provider's refusal (4xx) passed to the client without internals."""
+        status = error.status or 502
+        if status in (401, 403):
+            return ApiError(502, "upstream_auth", "the provider refused Pressline's credentials")
+        return ApiError(status, "upstream_rejected", str(error))
+
+    def _exhausted(self, last: UpstreamError | None) -> ApiError:
+        if last is None:
+            return ApiError(503, "unavailable", "no provider is available for this model")
+        if "timeout" in last.kind:
+            return ApiError(504, "upstream_timeout", str(last))
+        if last.status == 429:
+            return ApiError(
+                429,
+                "upstream_rate_limited",
+                "every provider for this model is rate limiting",
+                headers={"Retry-After": str(max(1, int(last.retry_after_s or 1)))},
+            )
+        return ApiError(503 if last.kind == "breaker_open" else 502, "upstream_unavailable", str(last))
+
+
+def _record(span: Span, outcome: str, reported: Reported, cost_pico: int) -> None:
+    span.set_attribute("llm.outcome", outcome)
+    span.set_attribute("llm.input_tokens", reported.input_tokens)
+    span.set_attribute("llm.output_tokens", reported.output_tokens)
+    span.set_attribute("llm.cached_input_tokens", reported.cached_input_tokens)
+    span.set_attribute("llm.usage_estimated", not reported.complete)
+    span.set_attribute("llm.cost_pico_usd", cost_pico)
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    """Everything in the prompt that counts as input, as text (for budget estimates)."""
+    parts: list[str] = []
+    system = body.get("system")
+    if isinstance(system, str):
+        parts.append(system)
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(block.get("text", "")) for block in content if isinstance(block, dict))
+    if body.get("tools"):
+        parts.append(json.dumps(body["tools"]))
+    return "\n".join(parts)

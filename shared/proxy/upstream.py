@@ -1,0 +1,238 @@
+"""One attempt against one provider, with every timeout the proxy promises.
+
+A streaming response is read on a background thread into a queue, so the proxy can wait with a
+deadline: the first token within ``first_token_s``, each next chunk within ``idle_s``, the whole
+stream within ``total_s``; while it waits it can send keep-alive comments, and closing the
+stream (a timeout, or a client that went away) closes the upstream connection.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .providers.base import RETRYABLE_STATUSES, UpstreamRequest, retry_after_s
+from .routing import Timeouts
+from .sse import SSEEvent, SSEParser
+
+
+class UpstreamError(Exception):
+    """An attempt failed. ``retryable``: another attempt (or target) may succeed.
+
+    ``kind``: connect | http | first_token_timeout | idle_timeout | total_timeout | protocol.
+    The message is safe to show a client: no keys, no upstream bodies beyond their error text.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.body = body
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """Nothing arrived for a keep-alive interval (the client gets an SSE comment)."""
+
+
+KEEPALIVE = KeepAlive()
+_END = object()
+
+
+def _http_error(response: httpx.Response) -> UpstreamError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message = _error_text(body) or f"upstream answered {response.status_code}"
+    return UpstreamError(
+        "http",
+        message,
+        status=response.status_code,
+        retryable=response.status_code in RETRYABLE_STATUSES,
+        retry_after_s=retry_after_s(response),
+        body=body if isinstance(body, dict) else None,
+    )
+
+
+def _error_text(body: Any) -> str | None:
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:500]
+    return None
+
+
+def call(client: httpx.Client, request: UpstreamRequest, timeouts: Timeouts) -> dict[str, Any]:
+    """A non-streaming request: the decoded JSON body of a 200, or an UpstreamError."""
+    timeout = httpx.Timeout(timeouts.total_s, connect=timeouts.connect_s)
+    try:
+        response = client.post(request.url, headers=request.headers, json=request.body, timeout=timeout)
+    except httpx.ConnectError as e:
+        raise UpstreamError(
+            "connect", f"cannot connect to the provider ({type(e).__name__})", retryable=True
+        ) from None
+    except httpx.TimeoutException:
+        raise UpstreamError("total_timeout", "the provider did not answer in time", retryable=True) from None
+    except httpx.TransportError as e:
+        raise UpstreamError(
+            "protocol", f"the provider connection failed ({type(e).__name__})", retryable=True
+        ) from None
+    if response.status_code != 200:
+        raise _http_error(response)
+    try:
+        return dict(response.json())
+    except ValueError:
+        raise UpstreamError("protocol", "the provider sent a body that is not JSON", retryable=True) from None
+
+
+class UpstreamStream:
+    """An open SSE response from a provider.
+
+    Parameters:
+      client(httpx.Client): Pooled connections to the provider.
+      request(UpstreamRequest)
+      timeouts(Timeouts)
+      keepalive_s(float): How often to report a quiet stream (:data:`KEEPALIVE`).
+    """
+
+    def __init__(
+        self, client: httpx.Client, request: UpstreamRequest, timeouts: Timeouts, keepalive_s: float
+    ):
+        self.timeouts = timeouts
+        self.keepalive_s = keepalive_s
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._started = time.monotonic()
+        self._deadline = self._started + timeouts.total_s
+        self._got_first = False
+        self._last_event_at = self._started  # keep-alives must not restart the idle clock
+        self._closed = False
+        # connect bounds the connection; read bounds the wait for the status line and headers.
+        timeout = httpx.Timeout(timeouts.first_token_s, connect=timeouts.connect_s)
+        try:
+            self._response = client.send(
+                client.build_request(
+                    "POST", request.url, headers=request.headers, json=request.body, timeout=timeout
+                ),
+                stream=True,
+            )
+        except httpx.ConnectError as e:
+            raise UpstreamError(
+                "connect", f"cannot connect to the provider ({type(e).__name__})", retryable=True
+            ) from None
+        except httpx.TimeoutException:
+            raise UpstreamError(
+                "first_token_timeout", "the provider did not answer in time", retryable=True
+            ) from None
+        except httpx.TransportError as e:
+            raise UpstreamError(
+                "protocol", f"the provider connection failed ({type(e).__name__})", retryable=True
+            ) from None
+        if self._response.status_code != 200:
+            try:
+                self._response.read()
+            finally:
+                self._response.close()
+            raise _http_error(self._response)
+        self._reader = threading.Thread(target=self._read, name="upstream-reader", daemon=True)
+        self._reader.start()
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self._started
+
+    def _read(self) -> None:
+        parser = SSEParser()
+        try:
+            for chunk in self._response.iter_raw():
+                for event in parser.feed(chunk):
+                    self._queue.put(event)
+            self._queue.put(_END)
+        except Exception as e:  # the connection was cut, or we closed it
+            self._queue.put(e)
+
+    def next_event(self) -> SSEEvent | KeepAlive | None:
+        """The next event, KEEPALIVE after a quiet interval, None at a clean end; or UpstreamError."""
+        limit, kind = (
+            (self.timeouts.idle_s, "idle_timeout")
+            if self._got_first
+            else (
+                self.timeouts.first_token_s,
+                "first_token_timeout",
+            )
+        )
+        wait_until = min(self._last_event_at + limit, self._deadline)
+        while True:
+            now = time.monotonic()
+            if now >= wait_until:
+                self.close()
+                if now >= self._deadline:
+                    raise UpstreamError(
+                        "total_timeout", "the stream took longer than allowed", retryable=not self._got_first
+                    )
+                what = "the first token" if kind == "first_token_timeout" else "the next chunk"
+                raise UpstreamError(
+                    kind,
+                    f"the provider sent nothing for {limit:g}s while waiting for {what}",
+                    retryable=not self._got_first,
+                )
+            try:
+                item = self._queue.get(timeout=min(wait_until - now, self.keepalive_s))
+            except queue.Empty:
+                if time.monotonic() < wait_until:
+                    return KEEPALIVE
+                continue
+            if item is _END:
+                return None
+            if isinstance(item, Exception):
+                self.close()
+                raise UpstreamError(
+                    "protocol",
+                    "the provider closed the stream before it was complete",
+                    retryable=not self._got_first,
+                )
+            self._got_first = True
+            self._last_event_at = time.monotonic()
+            return item
+
+    def events(self) -> Iterator[SSEEvent | KeepAlive]:
+        while True:
+            event = self.next_event()
+            if event is None:
+                return
+            yield event
+
+    def close(self) -> None:
+        """Close the upstream connection (the reader thread then ends)."""
+        if not self._closed:
+            self._closed = True
+            self._response.close()
+
+
+def event_json(event: SSEEvent) -> dict[str, Any] | None:
+    """The JSON payload of an event, or None (``[DONE]``, or not JSON)."""
+    if event.data == "[DONE]":
+        return None
+    try:
+        value = json.loads(event.data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

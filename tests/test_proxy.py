@@ -1,0 +1,395 @@
+"""The inference proxy end to end: the official SDKs -> Chalice's local server (streaming) -> the fake
+provider, with a real Redis (budgets, ledger, breakers) and moto (provider keys)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import anthropic
+import httpx
+import openai
+import pytest
+import redis
+
+from bench.fake_provider import fake_stats, running_fake_provider, set_fake_state
+from localstack.bootstrap import bootstrap
+from localstack.endpoint import Endpoint
+from shared.auth import TokenStore
+from shared.config import Settings
+from shared.cost.budget import BudgetGuard, Period
+from shared.cost.ledger import CostLedger
+from shared.cost.prices import PriceTable, Usage
+from shared.proxy.routing import Route, Target
+from tests.support.api import ensure_bucket, streaming_server
+
+POLICY = {
+    "routes": {
+        "gpt-4o-mini": {
+            "targets": [
+                {"provider": "openai", "model": "gpt-4o-mini", "weight": 100},
+                {"provider": "groq", "model": "llama-3.1-8b-instant", "weight": 0},
+            ]
+        },
+        "claude-3-5-haiku": {
+            "targets": [{"provider": "anthropic", "model": "claude-3-5-haiku", "weight": 1}]
+        },
+        "llama": {"targets": [{"provider": "groq", "model": "llama-3.1-8b-instant", "weight": 1}]},
+    },
+    "timeouts": {"default": {"connect_s": 2, "first_token_s": 3, "idle_s": 1.0, "total_s": 30}},
+}
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[str]:
+    with running_fake_provider() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    redis_server: str, aws_endpoint: Endpoint, fake: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    scratch = tmp_path_factory.mktemp("proxy")
+    policy = scratch / "routing.json"
+    policy.write_text(json.dumps(POLICY))
+    settings = Settings(broker_url=redis_server, aws_endpoint_url=aws_endpoint.url)
+    ensure_bucket(settings)
+    bootstrap(settings)  # provider keys in Secrets Manager
+    env = {
+        "PRESSLINE_OPENAI_BASE_URL": f"{fake}/openai/v1",
+        "PRESSLINE_ANTHROPIC_BASE_URL": f"{fake}/anthropic",
+        "PRESSLINE_GROQ_BASE_URL": f"{fake}/groq/openai/v1",
+        "PRESSLINE_ROUTING_POLICY": str(policy),
+        "PRESSLINE_PROXY_KEEPALIVE_S": "0.3",
+        "PRESSLINE_PROXY_ATTEMPTS": "2",
+        "PRESSLINE_PROXY_BACKOFF_BASE_S": "0.05",
+        "PRESSLINE_BREAKER_FAIL_MAX": "3",
+        "PRESSLINE_BREAKER_RESET_TIMEOUT_S": "60",
+        "PRESSLINE_API_RATE_LIMIT": "1000/s:1000",
+    }
+    with streaming_server(redis_server, scratch / "serve.log", **env) as url:
+        yield url
+
+
+@pytest.fixture
+def token(redis_url: str, fake: str) -> str:
+    set_fake_state(fake, reset=True)
+    tokens = TokenStore(redis.Redis.from_url(redis_url), "pressline")
+    return tokens.mint("acme", "editor", name="proxy-test")[0]
+
+
+@pytest.fixture
+def ledger(redis_url: str) -> CostLedger:
+    return CostLedger(redis.Redis.from_url(redis_url), "pressline")
+
+
+def oai(proxy: str, token: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{proxy}/v1", api_key=token, max_retries=0, timeout=30)
+
+
+def claude(proxy: str, token: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=proxy, api_key=token, max_retries=0, timeout=30)
+
+
+USER = [{"role": "user", "content": "Write one line about Pressline please"}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+# -- the SDKs ----------------------------------------------------------------------------------------
+
+
+def test_openai_sdk_streams_text_and_usage_chunk_by_chunk(proxy: str, token: str, fake: str) -> None:
+    set_fake_state(fake, scenario={"openai": "chunks=8;interval_ms=60;first_token_ms=50"})
+    arrivals: list[float] = []
+    text = ""
+    usage = None
+    start = time.monotonic()
+    stream = oai(proxy, token).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=USER,
+        stream=True,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
+    )
+    for chunk in stream:
+        arrivals.append(time.monotonic() - start)
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        if chunk.usage:
+            usage = chunk.usage
+    assert len(text.split()) == 8
+    assert usage is not None and usage.completion_tokens == 8 and usage.prompt_tokens > 0
+    # Chunks came as the provider sent them, ~60 ms apart, not all at the end.
+    spread = arrivals[-2] - arrivals[1]
+    assert spread > 0.3, arrivals
+
+
+def test_openai_sdk_without_include_usage_gets_no_usage_chunk(proxy: str, token: str) -> None:
+    chunks = list(oai(proxy, token).chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True))  # type: ignore[arg-type]
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_openai_sdk_non_stream_and_tool_calls(proxy: str, token: str, fake: str) -> None:
+    client = oai(proxy, token)
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content and reply.usage and reply.usage.total_tokens > 0
+    set_fake_state(fake, scenario={"openai": "tool_call"})
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=USER, tools=TOOLS, stream=True):  # type: ignore[arg-type]
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for call in choice.delta.tool_calls or []:
+                entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
+                if call.function and call.function.name:
+                    entry["name"] = call.function.name
+                if call.function and call.function.arguments:
+                    entry["arguments"] += call.function.arguments
+    assert finish == "tool_calls"
+    assert calls[0]["name"] == "get_weather" and "city" in json.loads(calls[0]["arguments"])
+
+
+def test_anthropic_sdk_streams_text_tool_use_and_usage(proxy: str, token: str, fake: str) -> None:
+    client = claude(proxy, token)
+    with client.messages.stream(model="claude-3-5-haiku", max_tokens=200, messages=USER) as stream:  # type: ignore[arg-type]
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text and final.usage.output_tokens > 0 and final.usage.input_tokens > 0
+    assert final.stop_reason == "end_turn"
+    reply = client.messages.create(model="claude-3-5-haiku", max_tokens=200, messages=USER)  # type: ignore[arg-type]
+    assert reply.content[0].type == "text"
+    set_fake_state(fake, scenario={"anthropic": "tool_call"})
+    tools = [{"name": "get_weather", "description": "w", "input_schema": TOOLS[0]["function"]["parameters"]}]  # type: ignore[index]
+    with client.messages.stream(
+        model="claude-3-5-haiku", max_tokens=200, messages=USER, tools=tools
+    ) as stream:  # type: ignore[arg-type]
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    (block,) = [b for b in final.content if b.type == "tool_use"]
+    assert block.name == "get_weather" and "city" in block.input  # type: ignore[operator]
+
+
+def test_each_sdk_reaches_the_other_providers_models(proxy: str, token: str) -> None:
+    """An OpenAI client on an Anthropic model, an Anthropic client on an OpenAI-shaped (Groq) model."""
+    text, usage = "", None
+    for chunk in oai(proxy, token).chat.completions.create(
+        model="claude-3-5-haiku",
+        messages=USER,
+        stream=True,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        usage = chunk.usage or usage
+    assert text and usage is not None and usage.completion_tokens > 0
+    with claude(proxy, token).messages.stream(model="llama", max_tokens=100, messages=USER) as stream:  # type: ignore[arg-type]
+        final = stream.get_final_message()
+    assert final.content[0].type == "text" and final.usage.output_tokens > 0
+
+
+def test_models_lists_the_route_aliases(proxy: str, token: str) -> None:
+    ids = {m.id for m in oai(proxy, token).models.list()}
+    assert ids == {"gpt-4o-mini", "claude-3-5-haiku", "llama"}
+
+
+# -- failures ------------------------------------------------------------------------------------------
+
+
+def test_429_is_retried_after_retry_after(proxy: str, token: str, fake: str) -> None:
+    set_fake_state(fake, scenario={"openai": "fail_first=1;error=429;retry_after=1"})
+    start = time.monotonic()
+    reply = oai(proxy, token).chat.completions.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content
+    assert time.monotonic() - start >= 1.0  # waited as told
+    statuses = [r["status"] for r in fake_stats(fake)["recent"] if r["provider"] == "openai"]
+    assert statuses[-2:] == [429, 200]
+
+
+def test_provider_down_opens_the_breaker_and_fails_over(
+    proxy: str, token: str, fake: str, redis_url: str
+) -> None:
+    redis.Redis.from_url(redis_url).delete(
+        *redis.Redis.from_url(redis_url).keys("pressline.breaker.*") or ["x"]
+    )
+    set_fake_state(fake, down={"openai": 503})
+    client = oai(proxy, token)
+    served_by = []
+    for _ in range(4):
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]
+        served_by.append(raw.headers["x-pressline-provider"])
+        assert raw.parse().choices[0].message.content
+    assert served_by == ["groq"] * 4  # failed over to the route's next target
+    openai_calls = fake_stats(fake)["requests"]["openai"]
+    assert openai_calls == 3  # fail_max: after three failures the breaker is open...
+    client.chat.completions.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]
+    assert fake_stats(fake)["requests"]["openai"] == openai_calls  # ...and openai is not called at all
+    set_fake_state(fake, down={"openai": None})
+
+
+def test_a_stall_ends_the_stream_with_an_error_event_within_the_idle_timeout(
+    proxy: str, token: str, fake: str
+) -> None:
+    set_fake_state(fake, scenario={"openai": "chunks=10;interval_ms=20;stall_after=3;stall_ms=20000"})
+    received = 0
+    start = time.monotonic()
+    with pytest.raises(openai.APIError) as error:
+        for chunk in oai(proxy, token).chat.completions.create(
+            model="gpt-4o-mini", messages=USER, stream=True
+        ):  # type: ignore[arg-type]
+            if chunk.choices and chunk.choices[0].delta.content:
+                received += 1
+    elapsed = time.monotonic() - start
+    assert received == 3
+    assert 1.0 <= elapsed < 3.0  # the idle timeout (1 s here), not the 20 s stall
+    assert "sent nothing" in str(error.value)
+
+
+def test_a_client_disconnect_closes_the_upstream_connection(proxy: str, token: str, fake: str) -> None:
+    set_fake_state(fake, scenario={"openai": "chunks=40;interval_ms=50"})
+    before = fake_stats(fake)["streams_client_closed"]
+    body = {"model": "gpt-4o-mini", "messages": USER, "stream": True}
+    with httpx.stream(
+        "POST", f"{proxy}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}
+    ) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 6:
+                break
+    deadline = time.monotonic() + 5
+    while fake_stats(fake)["streams_client_closed"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake_stats(fake)["streams_client_closed"] == before + 1
+
+
+def test_an_upstream_cut_gives_an_error_event_no_end_marker_and_an_estimated_cost(
+    proxy: str, token: str, fake: str, ledger: CostLedger
+) -> None:
+    set_fake_state(fake, scenario={"openai": "chunks=30;interval_ms=5;disconnect_after=12"})
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": USER,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream(
+        "POST", f"{proxy}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}
+    ) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert "[DONE]" not in lines[-1] and '"error"' in lines[-1]
+    assert not any('"finish_reason":"stop"' in line for line in lines)
+    (entry,) = ledger.entries("acme", count=1)
+    assert entry.usage.estimated and entry.usage.output_tokens >= 12 and entry.cost_pico > 0
+    set_fake_state(fake, scenario={"anthropic": "chunks=30;interval_ms=5;disconnect_after=12"})
+    with (
+        pytest.raises(anthropic.APIError),
+        claude(proxy, token).messages.stream(
+            model="claude-3-5-haiku",
+            max_tokens=100,
+            messages=USER,  # type: ignore[arg-type]
+        ) as stream,
+    ):
+        for _ in stream.text_stream:
+            pass
+
+
+# -- cost and budgets -----------------------------------------------------------------------------------
+
+
+def test_ledger_cost_is_reported_usage_times_the_price_table(
+    proxy: str, token: str, ledger: CostLedger
+) -> None:
+    for model, provider, name in (
+        ("gpt-4o-mini", "openai", "gpt-4o-mini"),
+        ("claude-3-5-haiku", "anthropic", "claude-3-5-haiku"),
+    ):
+        if provider == "openai":
+            reply = oai(proxy, token).chat.completions.create(model=model, messages=USER)  # type: ignore[arg-type]
+            assert reply.usage
+            usage = Usage.from_openai(reply.usage.model_dump())
+        else:
+            message = claude(proxy, token).messages.create(model=model, max_tokens=100, messages=USER)  # type: ignore[arg-type]
+            usage = Usage.from_anthropic(message.usage.model_dump())
+        (entry,) = ledger.entries("acme", count=1)
+        price = PriceTable.load().price(provider, name)
+        assert not entry.usage.estimated
+        assert entry.cost_pico == price.cost(usage) > 0
+
+
+def test_a_tenant_over_its_hard_budget_gets_402_with_no_upstream_call(
+    proxy: str, token: str, fake: str, redis_url: str
+) -> None:
+    guard = BudgetGuard(redis.Redis.from_url(redis_url), "pressline")
+    guard.set_budget("acme", Period.DAY, hard_pico=1)  # a millionth of a millionth of a dollar
+    before = fake_stats(fake)["requests"]["openai"]
+    with pytest.raises(openai.APIStatusError) as refused:
+        oai(proxy, token).chat.completions.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]
+    assert refused.value.status_code == 402
+    assert fake_stats(fake)["requests"]["openai"] == before
+
+
+def test_20_concurrent_requests_just_under_the_hard_limit_never_overspend(
+    proxy: str, token: str, redis_url: str, ledger: CostLedger
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    guard = BudgetGuard(client, "pressline")
+    price = PriceTable.load().price("openai", "gpt-4o-mini")
+    per_request_worst = price.input * 200 + price.output * 64  # generous; the exact figure doesn't matter
+    hard = per_request_worst * 3
+    guard.set_budget("acme", Period.DAY, hard_pico=hard)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        response = httpx.post(
+            f"{proxy}/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": USER, "max_tokens": 64},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        with lock:
+            statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spent = ledger.totals("acme", Period.DAY).cost_pico
+    assert set(statuses) <= {200, 402} and 402 in statuses and 200 in statuses
+    assert spent <= hard  # reserve-then-settle: never past the limit
+
+
+# -- canary routing ------------------------------------------------------------------------------------
+
+
+def test_canary_weights_hold_within_a_few_percent_and_stay_sticky() -> None:
+    route = Route(
+        "fast",
+        (Target("openai", "gpt-4o-mini", 95), Target("groq", "llama-3.1-8b-instant", 5)),
+    )
+    chosen = [route.order(f"tenant-{i}")[0].provider for i in range(1000)]
+    share = chosen.count("groq") / 1000
+    assert 0.02 <= share <= 0.08, share
+    assert all(route.order(f"tenant-{i}")[0].provider == chosen[i] for i in range(1000))  # sticky
+    assert route.order("tenant-1")[1:] == [t for t in route.targets if t is not route.order("tenant-1")[0]]
+
+
+def test_the_chosen_target_is_in_the_response_headers(proxy: str, token: str) -> None:
+    raw = oai(proxy, token).chat.completions.with_raw_response.create(model="llama", messages=USER)  # type: ignore[arg-type]
+    assert raw.headers["x-pressline-provider"] == "groq"
+    assert raw.headers["x-pressline-model"] == "llama-3.1-8b-instant"
