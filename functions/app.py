@@ -20,6 +20,7 @@ from chalice import Chalice, Response
 from chalice.app import Request
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.api.errors import STATUS_CODES, ApiError, error_body
 from shared.api.responses import ApiResponse
@@ -131,6 +132,33 @@ def messages() -> Response:
 @answers_errors
 def models() -> Response:
     return _respond(services().proxy.models(authorization=_bearer(_request())))
+
+
+@app.route("/v1/costs", methods=["GET"])
+@answers_errors
+def costs() -> Response:
+    """The tenant's spend today and this month, its budgets, and its latest ledger entries."""
+    request = _request()
+    params: dict[str, str] = dict(request.query_params or {})
+    count = params.get("count")
+    return _respond(services().costs.summary(authorization=_bearer(request), count=count))
+
+
+@app.route("/v1/costs/requests/{request_id}", methods=["GET"])
+@answers_errors
+def request_cost(request_id: str) -> Response:
+    """What one proxied request cost (``x-pressline-request-id`` of its response), over all attempts."""
+    return _respond(services().costs.request(authorization=_bearer(_request()), request_id=request_id))
+
+
+@app.route("/metrics", methods=["GET"])
+def metrics() -> Response:
+    """Prometheus exposition of this process's proxy metrics (scraped on the private network)."""
+    return Response(
+        body=generate_latest(services().registry).decode(),
+        status_code=200,
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
 
 
 @app.route("/v1/openapi.json", methods=["GET"])

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from infra.redis_server import start_redis
+from infra.redis_server import free_port, start_redis
 from localstack.bootstrap import bootstrap
 from localstack.endpoint import EDGE_PORT, Endpoint, ensure_endpoint, probe
 from shared.aws import LOCAL_CREDENTIALS, is_local_endpoint
@@ -377,7 +377,11 @@ def _display(path: Path) -> str:
 
 
 def ready_report(
-    settings: Settings, redis_child: Child | None, endpoint: Endpoint, workers: dict[str, Child]
+    settings: Settings,
+    redis_child: Child | None,
+    endpoint: Endpoint,
+    workers: dict[str, Child],
+    fake_llm_url: str | None = None,
 ) -> list[str]:
     """The table of what listens where, and lines to try."""
     rows: list[tuple[str, str, str]] = []
@@ -388,6 +392,8 @@ def ready_report(
         rows.append(("redis", broker, "external (DRAMATIQ_BROKER_URL); not started by us"))
     aws_owner = f"pid {endpoint.process.pid}; ours" if endpoint.process else "already running; not ours"
     rows.append(("aws endpoint", endpoint.url, f"{endpoint.kind}, {aws_owner}"))
+    if fake_llm_url:
+        rows.append(("llm providers", fake_llm_url, "the offline fake (PRESSLINE_*_BASE_URL for real ones)"))
     rows.append(
         (
             "api",
@@ -470,18 +476,44 @@ def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
     if not stack.wait_ready(list(workers.values()), WORKER_BOOT_TIMEOUT_S):
         return None
 
+    api_env = worker_env(settings, endpoint, 0, data_dir / "prometheus" / "api")
+    providers_configured = any(
+        getattr(settings, name) != getattr(Settings(), name)
+        for name in ("openai_base_url", "anthropic_base_url", "groq_base_url")
+    )
+    fake_url = None
+    if not providers_configured:  # offline default: the fake provider speaks each API's wire format
+        stack.new_tier()
+        fake_port = free_port()
+        fake = stack.spawn(
+            "fake-llm",
+            [sys.executable, "-m", "bench.fake_provider", "--port", str(fake_port)],
+            env=api_env,
+            stop_timeout_s=STOP_GRACE_S,
+            ready_lines=1,
+            ready_marker="listening on",
+        )
+        if not stack.wait_ready([fake], WORKER_BOOT_TIMEOUT_S):
+            return None
+        fake_url = f"http://127.0.0.1:{fake_port}"
+        api_env.update(
+            PRESSLINE_OPENAI_BASE_URL=f"{fake_url}/openai/v1",
+            PRESSLINE_ANTHROPIC_BASE_URL=f"{fake_url}/anthropic",
+            PRESSLINE_GROQ_BASE_URL=f"{fake_url}/groq/openai/v1",
+        )
+
     stack.new_tier()  # the API stops first: no new jobs while the workers drain
     api = stack.spawn(
         "api",
         api_command(settings),
-        env=worker_env(settings, endpoint, 0, data_dir / "prometheus" / "api"),
+        env=api_env,
         stop_timeout_s=STOP_GRACE_S,
         ready_lines=1,
         ready_marker="Serving on",
     )
     if not stack.wait_ready([api], WORKER_BOOT_TIMEOUT_S):
         return None
-    return ready_report(settings, redis_child, endpoint, workers)
+    return ready_report(settings, redis_child, endpoint, workers, fake_url)
 
 
 def api_command(settings: Settings) -> list[str]:

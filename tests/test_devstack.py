@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import redis
 
 from infra.devstack import READY_BANNER
 from infra.redis_server import free_port, start_redis, stop_process
 from localstack.endpoint import Endpoint
+from shared.auth import TokenStore
 from tests.conftest import ROOT
 
 READY_TIMEOUT_S = 60.0
@@ -198,6 +200,12 @@ def test_run_then_ctrl_c_stops_everything(start_stack: StartStack) -> None:
     assert served.status_code == 200 and served.json()["info"]["title"] == "Pressline API"
     unauthenticated = httpx.post(f"http://127.0.0.1:{api_port}/v1/jobs", json={}, timeout=5)
     assert unauthenticated.status_code == 401  # the API reaches the stack's Redis (tokens)
+    # Offline by default: the proxy answers through the stack's fake provider, with the SDK.
+    assert "llm providers" in output
+    token = TokenStore(redis.Redis(port=stack.redis_port), "pressline").mint("demo", "editor")[0]
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key=token, max_retries=0)
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content
 
     os.killpg(stack.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
 

@@ -393,3 +393,42 @@ def test_the_chosen_target_is_in_the_response_headers(proxy: str, token: str) ->
     raw = oai(proxy, token).chat.completions.with_raw_response.create(model="llama", messages=USER)  # type: ignore[arg-type]
     assert raw.headers["x-pressline-provider"] == "groq"
     assert raw.headers["x-pressline-model"] == "llama-3.1-8b-instant"
+
+
+def test_costs_are_queryable_per_request_per_tenant_and_per_job(
+    proxy: str, token: str, redis_url: str
+) -> None:
+    from shared.jobs import JobStore
+
+    jobs = JobStore(redis.Redis.from_url(redis_url), "pressline", 3600)
+    jobs.create("job-cost-1", tenant="acme", kind="workflow")
+    raw = oai(proxy, token).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=USER,  # type: ignore[arg-type]
+        extra_headers={"x-pressline-job-id": "job-cost-1"},
+    )
+    request_id = raw.headers["x-pressline-request-id"]
+    auth = {"Authorization": f"Bearer {token}"}
+    one = httpx.get(f"{proxy}/v1/costs/requests/{request_id}", headers=auth).json()
+    assert one["job_id"] == "job-cost-1" and one["attempts"] == 1 and one["cost_pico_usd"] > 0
+    summary = httpx.get(f"{proxy}/v1/costs?count=5", headers=auth).json()
+    assert summary["periods"]["day"]["cost_pico_usd"] >= one["cost_pico_usd"]
+    assert summary["entries"][0]["request_id"] == request_id
+    job = httpx.get(f"{proxy}/v1/jobs/job-cost-1", headers=auth).json()
+    assert job["cost"]["pico_usd"] == one["cost_pico_usd"]  # the job's record shows its cost
+    other = TokenStore(redis.Redis.from_url(redis_url), "pressline").mint("globex", "reader")[0]
+    hidden = httpx.get(
+        f"{proxy}/v1/costs/requests/{request_id}", headers={"Authorization": f"Bearer {other}"}
+    )
+    assert hidden.status_code == 404
+
+
+def test_metrics_report_latency_tokens_cost_and_breaker_state(proxy: str, token: str) -> None:
+    oai(proxy, token).chat.completions.create(model="llama", messages=USER, stream=True).close()  # type: ignore[arg-type]
+    oai(proxy, token).chat.completions.create(model="llama", messages=USER)  # type: ignore[arg-type]
+    text = httpx.get(f"{proxy}/metrics").text
+    labels = 'model="llama-3.1-8b-instant",provider="groq"'
+    assert f"pressline_llm_time_to_first_token_seconds_count{{{labels}}}" in text
+    assert f'pressline_llm_tokens_total{{kind="output",{labels}}}' in text
+    assert f"pressline_llm_cost_usd_total{{{labels}}}" in text
+    assert 'pressline_llm_breaker_state{provider="groq",state="closed"} 1.0' in text

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import redis
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 
 from shared.auth import TokenStore
 from shared.aws import aws_client
@@ -21,6 +22,7 @@ from shared.payloads import PayloadStore
 from shared.proxy.accounting import CostAccounting
 from shared.proxy.breakers import Breakers
 from shared.proxy.keys import ProviderKeys
+from shared.proxy.metrics import ProxyMetrics
 from shared.proxy.providers import AnthropicProvider, GroqProvider, OpenAIProvider, Provider
 from shared.proxy.routing import Router
 from shared.proxy.service import ProxyService, RetryPolicy
@@ -32,6 +34,7 @@ from shared.streams import RedisStreamsBroker
 from shared.telemetry.message_tracing import Tracing
 from shared.webhooks import ReplayGuard, WebhookSecrets
 
+from .costs import CostsApi
 from .guard import Guard
 from .intake import WebhookIntake
 from .jobs import JobsApi
@@ -42,7 +45,9 @@ class Services:
     jobs: JobsApi
     webhooks: WebhookIntake
     proxy: ProxyService
+    costs: CostsApi
     broker: RedisStreamsBroker
+    registry: CollectorRegistry
 
     @classmethod
     def from_settings(cls, settings: Settings, tracer_provider: TracerProvider | None = None) -> Services:
@@ -78,31 +83,38 @@ class Services:
             tolerance_s=settings.webhook_tolerance_s,
             max_body_bytes=settings.max_webhook_body_bytes,
         )
+        ledger = CostLedger.from_settings(settings, client)
+        budgets = BudgetGuard.from_settings(settings, client, ledger=ledger)
+        registry = CollectorRegistry()
         return cls(
             jobs=JobsApi(broker, jobs, guard, idempotency, settings.max_job_body_bytes),
             webhooks=intake,
-            proxy=build_proxy(settings, client, guard, jobs),
+            proxy=build_proxy(settings, client, guard, budgets, registry),
+            costs=CostsApi(guard, ledger, budgets),
             broker=broker,
+            registry=registry,
         )
 
 
-def build_proxy(settings: Settings, client: redis.Redis, guard: Guard, jobs: JobStore) -> ProxyService:
-    """The inference proxy with its providers, policy, breakers, budgets and ledger."""
+def build_proxy(
+    settings: Settings, client: redis.Redis, guard: Guard, budgets: BudgetGuard, registry: CollectorRegistry
+) -> ProxyService:
+    """The inference proxy with its providers, policy, breakers and accounting."""
     providers: dict[str, Provider] = {
         "openai": OpenAIProvider(settings.openai_base_url),
         "anthropic": AnthropicProvider(settings.anthropic_base_url),
         "groq": GroqProvider(settings.groq_base_url),
     }
-    ledger = CostLedger.from_settings(settings, client)
-    budgets = BudgetGuard.from_settings(settings, client, ledger=ledger)
+    breakers = Breakers(
+        client, settings.namespace, settings.breaker_fail_max, settings.breaker_reset_timeout_s
+    )
     return ProxyService(
         guard=guard,
         router=Router(Path(settings.routing_policy)) if settings.routing_policy else Router(),
         providers=providers,
         keys=ProviderKeys(aws_client("secretsmanager", settings), settings.provider_secret_prefix),
-        breakers=Breakers(
-            client, settings.namespace, settings.breaker_fail_max, settings.breaker_reset_timeout_s
-        ),
+        breakers=breakers,
+        metrics=ProxyMetrics(registry, breakers.state, tuple(providers)),
         accounting=CostAccounting(
             PriceTable.load(settings.price_table_path), budgets, settings.proxy_default_max_tokens
         ),

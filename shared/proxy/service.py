@@ -33,6 +33,7 @@ from shared.auth import Principal, Scope
 from . import translate
 from .breakers import Breakers
 from .keys import ProviderKeyError, ProviderKeys
+from .metrics import ProxyMetrics
 from .providers.base import Provider, Wire
 from .routing import Router, RoutingError, Target
 from .sse import SSEEvent, encode_comment, encode_event
@@ -122,7 +123,8 @@ class ProxyService:
       retry(RetryPolicy)
       keepalive_s(float): A comment is sent when the upstream is quiet this long.
       max_body_bytes(int)
-      default_max_tokens(int): Anthropic requires max_tokens; used when an OpenAI client gave none.
+      default_max_tokens(int): The output cap sent upstream when a request names none.
+      metrics(ProxyMetrics): Latency, tokens, cost, retries (optional).
       sleep: Waits between retries (a parameter for tests).
     """
 
@@ -140,6 +142,7 @@ class ProxyService:
         keepalive_s: float,
         max_body_bytes: int,
         default_max_tokens: int,
+        metrics: ProxyMetrics | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.guard = guard
@@ -153,6 +156,7 @@ class ProxyService:
         self.keepalive_s = keepalive_s
         self.max_body_bytes = max_body_bytes
         self.default_max_tokens = default_max_tokens
+        self.metrics = metrics
         self.sleep = sleep
 
     # -- the endpoints ----------------------------------------------------------------------------
@@ -268,6 +272,10 @@ class ProxyService:
                     span.set_attribute("llm.outcome", e.kind)
                     span.set_status(Status(StatusCode.ERROR, e.kind))
                     span.end()
+                    if self.metrics is not None:
+                        self.metrics.attempts.labels(target.provider, target.model, e.kind).inc()
+                        if e.retryable:
+                            self.metrics.retries.labels(target.provider, target.model).inc()
                     last = e
                     if not e.retryable:
                         raise self._client_error(e) from None
@@ -301,6 +309,7 @@ class ProxyService:
             "x-pressline-model": target.model,
             "x-pressline-request-id": request.request_id,
         }
+        started = time.monotonic()
         if not request.stream:
             reply = call(self.http, outgoing, target.timeouts)
             tracker = UsageTracker(provider.wire)
@@ -313,15 +322,33 @@ class ProxyService:
                 reported=tracker.reported, prompt_text=prompt_text, job_id=request.job_id,
             )  # fmt: skip
             _record(span, "ok", tracker.reported, cost)
+            self._observe(target, "ok", tracker.reported, cost, duration_s=time.monotonic() - started)
             span.end()
             return ApiResponse(200, self._downstream_body(request, provider.wire, reply), headers)
         stream = UpstreamStream(self.http, outgoing, target.timeouts, self.keepalive_s)
         first = self._first_event(stream)  # a failure here is still retryable: nothing was sent
         span.set_attribute("llm.time_to_first_token_ms", round(stream.elapsed_s * 1000, 1))
+        if self.metrics is not None:
+            self.metrics.time_to_first_token.labels(target.provider, target.model).observe(stream.elapsed_s)
         chunks = self._relay(request, target, provider.wire, stream, first, reservation, prompt_text, span)
         return StreamingResult(
             {**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}, chunks
         )
+
+    def _observe(
+        self, target: Target, outcome: str, reported: Reported, cost_pico: int, *, duration_s: float
+    ) -> None:
+        if self.metrics is None:
+            return
+        m, labels = self.metrics, (target.provider, target.model)
+        m.attempts.labels(*labels, outcome).inc()
+        m.duration.labels(*labels).observe(duration_s)
+        m.tokens.labels(*labels, "input").inc(reported.input_tokens)
+        m.tokens.labels(*labels, "output").inc(reported.output_tokens)
+        m.tokens.labels(*labels, "cached_input").inc(reported.cached_input_tokens)
+        m.cost.labels(*labels).inc(cost_pico / 1e12)
+        if not reported.complete:
+            m.estimated.labels(*labels).inc()
 
     def _first_event(self, stream: UpstreamStream) -> SSEEvent:
         while True:
@@ -357,6 +384,7 @@ class ProxyService:
                 reported=tracker.reported, prompt_text=prompt_text, job_id=request.job_id,
             )  # fmt: skip
             _record(span, outcome, tracker.reported, cost)
+            self._observe(target, outcome, tracker.reported, cost, duration_s=stream.elapsed_s)
             span.set_attribute("llm.duration_ms", round(stream.elapsed_s * 1000, 1))
             if outcome != "ok":
                 span.set_status(Status(StatusCode.ERROR, outcome))
@@ -397,6 +425,9 @@ class ProxyService:
 
     def _upstream_body(self, request: ClientRequest, wire: Wire, model: str) -> dict[str, Any]:
         body = dict(request.body)
+        if "max_tokens" not in body and "max_completion_tokens" not in body:
+            # The budget reserved for at most this many output tokens, so the provider must stop there.
+            body["max_tokens"] = self.default_max_tokens
         if request.wire != wire:
             if request.wire == "openai":
                 body = translate.openai_to_anthropic_request(body, default_max_tokens=self.default_max_tokens)
