@@ -70,12 +70,12 @@ def register_site(
 
 
 @contextlib.contextmanager
-def chalice_local(redis_url: str, log: Path, **env: str) -> Iterator[str]:
-    """``chalice local`` on a free port, in ``functions/``; yields its base URL."""
+def _serving(command: list[str], cwd: Path, redis_url: str, log: Path, env: dict[str, str]) -> Iterator[str]:
+    """Run an HTTP server of the functions on a free port (``{port}`` in ``command``); yield its URL."""
     port = free_port()
     proc = subprocess.Popen(
-        [str(BIN / "chalice"), "local", "--host", "127.0.0.1", "--port", str(port), "--no-autoreload"],
-        cwd=ROOT / "functions",
+        [part.format(port=port) for part in command],
+        cwd=cwd,
         env=worker_env(redis_url, **env),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
@@ -86,7 +86,7 @@ def chalice_local(redis_url: str, log: Path, **env: str) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"chalice local exited: {log.read_text()[-2000:]}")
+                raise RuntimeError(f"{command[0]} exited: {log.read_text()[-2000:]}")
             try:
                 httpx.get(f"{url}/v1/openapi.json", timeout=1.0)
                 break
@@ -99,31 +99,13 @@ def chalice_local(redis_url: str, log: Path, **env: str) -> Iterator[str]:
         stop_process(proc)  # type: ignore[arg-type]
 
 
-@contextlib.contextmanager
-def streaming_server(redis_url: str, log: Path, **env: str) -> Iterator[str]:
-    """``python -m functions.serve`` (Chalice's local server, SSE streamed) on a free port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "python"), "-m", "functions.serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=worker_env(redis_url, **env),
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"functions.serve exited: {log.read_text()[-2000:]}")
-            try:
-                httpx.get(f"{url}/v1/openapi.json", timeout=1.0)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield url
-    finally:
-        stop_process(proc)  # type: ignore[arg-type]
+def chalice_local(redis_url: str, log: Path, **env: str) -> contextlib.AbstractContextManager[str]:
+    """The stock ``chalice local`` CLI, in ``functions/``."""
+    command = [str(BIN / "chalice"), "local", "--host", "127.0.0.1", "--port", "{port}", "--no-autoreload"]
+    return _serving(command, ROOT / "functions", redis_url, log, env)
+
+
+def streaming_server(redis_url: str, log: Path, **env: str) -> contextlib.AbstractContextManager[str]:
+    """``python -m functions.serve``: Chalice's local server with server-sent events streamed."""
+    command = [str(BIN / "python"), "-m", "functions.serve", "--host", "127.0.0.1", "--port", "{port}"]
+    return _serving(command, ROOT, redis_url, log, env)
