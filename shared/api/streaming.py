@@ -24,10 +24,6 @@ def enable_incremental() -> None:
     _incremental = True
 
 
-def streams_incrementally() -> bool:
-    return _incremental
-
-
 class StreamingResponse(Response):
     """A response with an iterator of ``bytes`` chunks as its body.
 

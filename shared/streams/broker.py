@@ -26,7 +26,7 @@ from dramatiq.middleware import Middleware
 from . import scripts
 from .admin import QueueAdmin
 from .consumer import StreamConsumer
-from .keys import GROUP, QueueKeys, heartbeat_key, notify_channel
+from .keys import GROUP, QueueKeys, notify_channel
 from .maintenance import Maintenance
 
 
@@ -98,10 +98,6 @@ class RedisStreamsBroker(dramatiq.Broker):
 
     def keys(self, queue_name: str) -> QueueKeys:
         return QueueKeys(self.namespace, queue_name)
-
-    @property
-    def heartbeat_key(self) -> str:
-        return heartbeat_key(self.namespace, self.consumer_name)
 
     # -- dramatiq.Broker --------------------------------------------------------------------
 
