@@ -3,9 +3,11 @@
 * the S3 payload bucket (claim-check payloads and job archives);
 * the webhook HMAC secret, in Standard Webhooks form ``whsec_<base64 of 32 bytes>``, or the value of
   ``HMAC_WEBHOOK_SECRET`` when that local override is set;
+* the outbound webhook signing secret (Pressline's own events to back-office endpoints), the same
+  way: generated when absent, or ``PRESSLINE_OUTBOUND_WEBHOOK_SECRET`` when that override is set;
 * one secret per LLM provider key, with values that are obviously fake.
 
-Nothing that exists is overwritten, except the webhook secret when the override differs from it.
+Nothing that exists is overwritten, except a webhook secret when its override differs from it.
 The report lines name resources and what happened to them; they never contain a secret value.
 
 Run it with ``python -m localstack.bootstrap``.
@@ -106,6 +108,20 @@ def bootstrap(settings: Settings) -> list[str]:
         # Generated only when absent: an existing secret keeps its value, so signatures stay valid.
         lines.append(
             ensure_secret(sm, settings.webhook_secret_name, new_webhook_secret(), origin="generated")
+        )
+    if settings.outbound_webhook_secret:
+        lines.append(
+            ensure_secret(
+                sm,
+                settings.outbound_webhook_secret_name,
+                settings.outbound_webhook_secret,
+                replace=True,
+                origin="from PRESSLINE_OUTBOUND_WEBHOOK_SECRET",
+            )
+        )
+    else:
+        lines.append(
+            ensure_secret(sm, settings.outbound_webhook_secret_name, new_webhook_secret(), origin="generated")
         )
     for provider in PROVIDERS:
         name = f"{settings.provider_secret_prefix}{provider}"

@@ -12,7 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-QUEUES: tuple[str, ...] = ("ingest", "infer", "post-process", "publish")
+#: The four workflow stages, then ``webhooks`` (outbound signed webhooks, see shared.outbound).
+QUEUES: tuple[str, ...] = ("ingest", "infer", "post-process", "publish", "webhooks")
 
 #: The port of the Redis that ``make run`` starts and owns (when ``DRAMATIQ_BROKER_URL`` is unset).
 DEFAULT_LOCAL_REDIS_PORT = 6380
@@ -34,6 +35,8 @@ DEFAULT_CONCURRENCY: dict[str, QueueConcurrency] = {
     "infer": QueueConcurrency(processes=1, threads=64, gevent=True),
     "post-process": QueueConcurrency(processes=1, threads=4),
     "publish": QueueConcurrency(processes=1, threads=4),
+    # Threads bound the deliveries in flight per process (each waits on a back-office endpoint).
+    "webhooks": QueueConcurrency(processes=1, threads=16),
 }
 
 
@@ -132,6 +135,16 @@ def parse_rate_limits(raw: str | None) -> dict[str, RateLimit]:
     return result
 
 
+def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of http(s) URLs; empty entries are ignored."""
+    urls = tuple(item.strip() for item in (env.get(name) or "").split(",") if item.strip())
+    for position, url in enumerate(urls, 1):
+        if not re.match(r"^https?://[^/\s]+", url):
+            # The URL may hold a token: name the position, not the value.
+            raise ConfigError(f"{name}: entry {position} is not an http(s) URL")
+    return urls
+
+
 def _rate(env: Mapping[str, str], name: str, default: RateLimit) -> RateLimit:
     """A single rate such as ``50/s:100`` (limit per period, optional burst)."""
     raw = env.get(name)
@@ -221,6 +234,19 @@ class Settings:
     cost_request_ttl_s: int = 30 * 24 * 3600
     #: A budget hold expires after this, so a crashed process cannot keep a tenant's budget.
     budget_reservation_ttl_s: float = 900.0
+    #: Back-office endpoints that receive Pressline's signed events (run outcomes, budget alerts).
+    outbound_webhook_urls: tuple[str, ...] = ()
+    #: Secrets Manager name of the outbound signing secret (``whsec_...``; see localstack/bootstrap.py).
+    outbound_webhook_secret_name: str = "pressline/outbound-webhook"
+    #: A literal outbound signing secret used instead of Secrets Manager (local use).
+    outbound_webhook_secret: str | None = field(default=None, repr=False)
+    #: One delivery attempt's HTTP timeout (connect, read, write, pool).
+    outbound_webhook_timeout_s: float = 10.0
+    #: Retries after the first attempt before a delivery is dead-lettered (Dramatiq backoff with jitter).
+    outbound_webhook_max_retries: int = 8
+    outbound_webhook_min_backoff_ms: int = 1000
+    #: Also the cap on a receiver's ``Retry-After``.
+    outbound_webhook_max_backoff_ms: int = 15 * 60_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -310,5 +336,21 @@ class Settings:
             cost_request_ttl_s=_int(env, "PRESSLINE_COST_REQUEST_TTL_S", default.cost_request_ttl_s),
             budget_reservation_ttl_s=_float(
                 env, "PRESSLINE_BUDGET_RESERVATION_TTL_S", default.budget_reservation_ttl_s
+            ),
+            outbound_webhook_urls=_urls(env, "PRESSLINE_OUTBOUND_WEBHOOK_URLS"),
+            outbound_webhook_secret_name=env.get("PRESSLINE_OUTBOUND_WEBHOOK_SECRET_NAME")
+            or default.outbound_webhook_secret_name,
+            outbound_webhook_secret=env.get("PRESSLINE_OUTBOUND_WEBHOOK_SECRET") or None,
+            outbound_webhook_timeout_s=_float(
+                env, "PRESSLINE_OUTBOUND_WEBHOOK_TIMEOUT_S", default.outbound_webhook_timeout_s
+            ),
+            outbound_webhook_max_retries=_int(
+                env, "PRESSLINE_OUTBOUND_WEBHOOK_MAX_RETRIES", default.outbound_webhook_max_retries
+            ),
+            outbound_webhook_min_backoff_ms=_int(
+                env, "PRESSLINE_OUTBOUND_WEBHOOK_MIN_BACKOFF_MS", default.outbound_webhook_min_backoff_ms
+            ),
+            outbound_webhook_max_backoff_ms=_int(
+                env, "PRESSLINE_OUTBOUND_WEBHOOK_MAX_BACKOFF_MS", default.outbound_webhook_max_backoff_ms
             ),
         )

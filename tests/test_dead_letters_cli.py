@@ -46,5 +46,5 @@ def test_list_requeue_and_purge_dead_letters(redis_url: str) -> None:
         json.loads(line)["queue_name"]: json.loads(line) for line in run(redis_url, "stats").splitlines()
     }
     assert (stats["publish"]["backlog"], stats["publish"]["dead"]) == (1, 0)
-    assert set(stats) == {"ingest", "infer", "post-process", "publish"}
+    assert set(stats) == {"ingest", "infer", "post-process", "publish", "webhooks"}
     broker.close()

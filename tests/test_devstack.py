@@ -190,7 +190,7 @@ def test_run_then_ctrl_c_stops_everything(start_stack: StartStack) -> None:
     moto_pids = [pid for pid in children if "moto.server" in cmdline(pid)]
     assert len(moto_pids) == 1 and answers(aws_url)
     masters = stack.workers_by_queue()
-    assert sorted(masters) == sorted(["ingest", "infer", "post-process", "publish"])
+    assert sorted(masters) == sorted(["ingest", "infer", "post-process", "publish", "webhooks"])
     assert len(descendants(masters["ingest"])) >= 2  # -p 2: two worker processes
     for queue in masters:
         assert (stack.data_dir / "prometheus" / queue).is_dir()

@@ -31,6 +31,7 @@ def make_settings(aws_endpoint: Endpoint) -> MakeSettings:
             "aws_endpoint_url": aws_endpoint.url,
             "payload_bucket": f"pressline-test-{tag}",
             "webhook_secret_name": f"pressline-test/{tag}/webhook-hmac",
+            "outbound_webhook_secret_name": f"pressline-test/{tag}/outbound-webhook",
             "provider_secret_prefix": f"pressline-test/{tag}/providers/",
         }
         fields.update(overrides)
@@ -44,7 +45,8 @@ def secret_value(sm: BaseClient, name: str) -> str:
 
 
 def all_secret_values(sm: BaseClient, settings: Settings) -> list[str]:
-    names = [settings.webhook_secret_name] + [f"{settings.provider_secret_prefix}{p}" for p in PROVIDERS]
+    names = [settings.webhook_secret_name, settings.outbound_webhook_secret_name]
+    names += [f"{settings.provider_secret_prefix}{p}" for p in PROVIDERS]
     return [secret_value(sm, name) for name in names]
 
 
@@ -54,7 +56,8 @@ def test_creates_bucket_and_secrets(make_settings: MakeSettings) -> None:
 
     assert lines[0] == f"s3 bucket {settings.payload_bucket}: created"
     assert lines[1] == f"secret {settings.webhook_secret_name}: created (generated)"
-    assert len(lines) == 2 + len(PROVIDERS)
+    assert lines[2] == f"secret {settings.outbound_webhook_secret_name}: created (generated)"
+    assert len(lines) == 3 + len(PROVIDERS)
     assert all(": created" in line for line in lines)
 
     s3 = aws_client("s3", settings)
@@ -62,9 +65,13 @@ def test_creates_bucket_and_secrets(make_settings: MakeSettings) -> None:
     assert s3.get_object(Bucket=settings.payload_bucket, Key="probe")["Body"].read() == b"ok"
 
     sm = aws_client("secretsmanager", settings)
-    webhook = secret_value(sm, settings.webhook_secret_name)
-    assert webhook.startswith("whsec_")
-    assert len(base64.b64decode(webhook.removeprefix("whsec_"), validate=True)) == 32
+    for name in (settings.webhook_secret_name, settings.outbound_webhook_secret_name):
+        webhook = secret_value(sm, name)
+        assert webhook.startswith("whsec_")
+        assert len(base64.b64decode(webhook.removeprefix("whsec_"), validate=True)) == 32
+    assert secret_value(sm, settings.webhook_secret_name) != secret_value(
+        sm, settings.outbound_webhook_secret_name
+    )
     for provider in PROVIDERS:
         assert secret_value(sm, f"{settings.provider_secret_prefix}{provider}") == fake_provider_key(provider)
         assert "fake" in fake_provider_key(provider)
@@ -81,6 +88,7 @@ def test_second_run_is_idempotent(make_settings: MakeSettings) -> None:
     assert lines == [
         f"s3 bucket {settings.payload_bucket}: already present",
         f"secret {settings.webhook_secret_name}: already present",
+        f"secret {settings.outbound_webhook_secret_name}: already present",
         *(f"secret {settings.provider_secret_prefix}{p}: already present" for p in PROVIDERS),
     ]
     assert all_secret_values(sm, settings) == before
@@ -113,6 +121,7 @@ def test_cli_never_prints_secret_values(make_settings: MakeSettings) -> None:
         AWS_ENDPOINT_URL=str(settings.aws_endpoint_url),
         PRESSLINE_PAYLOAD_BUCKET=settings.payload_bucket,
         PRESSLINE_WEBHOOK_SECRET_NAME=settings.webhook_secret_name,
+        PRESSLINE_OUTBOUND_WEBHOOK_SECRET_NAME=settings.outbound_webhook_secret_name,
         PRESSLINE_PROVIDER_SECRET_PREFIX=settings.provider_secret_prefix,
         HMAC_WEBHOOK_SECRET=override,
     )

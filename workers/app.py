@@ -94,4 +94,4 @@ trace.set_tracer_provider(tracer_provider)  # so spans of shared code (clients, 
 broker = build_broker(settings, tracer_provider)
 dramatiq.set_broker(broker)
 
-from . import actors  # noqa: E402,F401  (declares the stage actors on this broker)
+from . import actors, notify  # noqa: E402,F401  (declare the stage and webhook actors on this broker)

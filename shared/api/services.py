@@ -14,10 +14,12 @@ from shared.auth import TokenStore
 from shared.aws import aws_client
 from shared.claim_check import ClaimCheckEncoder
 from shared.config import Settings
+from shared.cost.alerts import BudgetAlerts
 from shared.cost.budget import BudgetGuard
 from shared.cost.ledger import CostLedger
 from shared.cost.prices import PriceTable
 from shared.jobs import JobStore
+from shared.outbound import publish_event
 from shared.payloads import PayloadStore
 from shared.proxy.accounting import CostAccounting
 from shared.proxy.breakers import Breakers
@@ -89,17 +91,35 @@ class Services:
         return cls(
             jobs=JobsApi(broker, jobs, guard, idempotency, settings.max_job_body_bytes),
             webhooks=intake,
-            proxy=build_proxy(settings, client, guard, budgets, registry),
+            proxy=build_proxy(settings, client, guard, budgets, registry, broker),
             costs=CostsApi(guard, ledger, budgets),
             broker=broker,
             registry=registry,
         )
 
 
+def budget_alerts(
+    settings: Settings, registry: CollectorRegistry, broker: RedisStreamsBroker | None
+) -> BudgetAlerts:
+    """The ``on_alert`` hook: log line, counter, and a signed webhook event to each configured URL."""
+    urls = settings.outbound_webhook_urls
+    if broker is None or not urls:
+        return BudgetAlerts(registry)
+    return BudgetAlerts(registry, lambda kind, data: publish_event(broker, kind, data, urls=urls))
+
+
 def build_proxy(
-    settings: Settings, client: redis.Redis, guard: Guard, budgets: BudgetGuard, registry: CollectorRegistry
+    settings: Settings,
+    client: redis.Redis,
+    guard: Guard,
+    budgets: BudgetGuard,
+    registry: CollectorRegistry,
+    broker: RedisStreamsBroker | None = None,
 ) -> ProxyService:
-    """The inference proxy with its providers, policy, breakers and accounting."""
+    """The inference proxy with its providers, policy, breakers and accounting.
+
+    ``broker`` carries the budget alerts' webhook events (none are sent without it).
+    """
     providers: dict[str, Provider] = {
         "openai": OpenAIProvider(settings.openai_base_url),
         "anthropic": AnthropicProvider(settings.anthropic_base_url),
@@ -116,7 +136,10 @@ def build_proxy(
         breakers=breakers,
         metrics=ProxyMetrics(registry, breakers.state, tuple(providers)),
         accounting=CostAccounting(
-            PriceTable.load(settings.price_table_path), budgets, settings.proxy_default_max_tokens
+            PriceTable.load(settings.price_table_path),
+            budgets,
+            settings.proxy_default_max_tokens,
+            on_alert=budget_alerts(settings, registry, broker),
         ),
         http=httpx.Client(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)),
         retry=RetryPolicy(
