@@ -88,7 +88,10 @@ class CostAccounting:
             target=target.label,
         )
         for alert in self.budgets.settle(reservation, entry):
-            self.on_alert(alert)
+            try:
+                self.on_alert(alert)
+            except Exception:  # the charge stands; an alert that cannot be sent must not fail the request
+                log.exception("budget alert could not be delivered")
         return entry.cost_pico
 
     def release(self, reservation: Reservation) -> None:
