@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench bench-api deploy package deps system-deps clean
+.PHONY: run test lint typecheck unit bench bench-api bench-proxy deploy package deps system-deps clean
 
 deps: $(STAMP) system-deps
 
@@ -42,6 +42,9 @@ bench: deps
 
 bench-api: deps
 	$(BIN)/python -m bench.api_bench
+
+bench-proxy: deps
+	$(BIN)/python -m bench.proxy_bench
 
 # Deploy the Chalice functions to the local AWS endpoint (moto on 4566 unless a LocalStack answers
 # there); the stack (make run) or a moto server must be up. STAGE=dev by default.

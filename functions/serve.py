@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,13 @@ from typing import Any
 
 from chalice.cli.factory import CLIFactory
 from chalice.deploy.validate import validate_routes
-from chalice.local import ChaliceRequestHandler, CustomLocalChalice, LocalChalice, LocalDevServer
+from chalice.local import (
+    ChaliceRequestHandler,
+    CustomLocalChalice,
+    LocalChalice,
+    LocalDevServer,
+    ThreadedHTTPServer,
+)
 
 from shared.api.streaming import enable_incremental
 
@@ -25,7 +32,13 @@ PROJECT_DIR = Path(__file__).resolve().parent
 
 
 class StreamingRequestHandler(ChaliceRequestHandler):
-    """Chalice's local request handler, writing iterator bodies as they are produced."""
+    """Chalice's local request handler, writing iterator bodies as they are produced.
+
+    Nagle's algorithm is off (TCP_NODELAY): with it, a small event written right after the headers
+    waits for the client's delayed ACK, about 40 ms on every keep-alive request.
+    """
+
+    disable_nagle_algorithm = True
 
     def _send_http_response_with_body(self, code: int, headers: dict[str, Any], body: Any) -> None:
         if isinstance(body, str | bytes):
@@ -54,6 +67,13 @@ class StreamingRequestHandler(ChaliceRequestHandler):
                     close()
 
 
+class StreamingServer(ThreadedHTTPServer):
+    """Chalice's threaded local server with a real listen backlog (Python's default is 5, which
+    drops a burst of new connections)."""
+
+    request_queue_size = socket.SOMAXCONN
+
+
 def make_server(host: str, port: int, stage: str = "dev") -> LocalDevServer:
     factory = CLIFactory(project_dir=str(PROJECT_DIR))
     config = factory.create_config_obj(chalice_stage_name=stage)
@@ -62,7 +82,9 @@ def make_server(host: str, port: int, stage: str = "dev") -> LocalDevServer:
     CustomLocalChalice.__bases__ = (LocalChalice, app.__class__)
     app.__class__ = CustomLocalChalice
     enable_incremental()
-    return LocalDevServer(app, config, host, port, handler_cls=StreamingRequestHandler)
+    return LocalDevServer(
+        app, config, host, port, handler_cls=StreamingRequestHandler, server_cls=StreamingServer
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

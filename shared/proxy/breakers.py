@@ -75,8 +75,11 @@ class Breakers:
         return (datetime.now(UTC) - opened_at).total_seconds() >= self.reset_timeout_s
 
     def success(self, provider: str) -> None:
+        breaker = self.breaker(provider)
+        if breaker.current_state == pybreaker.STATE_CLOSED and breaker.fail_counter == 0:
+            return  # nothing to reset: spare every request pybreaker's lock and its Redis writes
         with contextlib.suppress(pybreaker.CircuitBreakerError):
-            self.breaker(provider).call(_succeed)
+            breaker.call(_succeed)
 
     def failure(self, provider: str) -> None:
         with contextlib.suppress(_Failed, pybreaker.CircuitBreakerError):

@@ -42,6 +42,9 @@ from .usage import Reported, UsageTracker
 
 tracer = trace.get_tracer("pressline.proxy")
 
+#: Upstream event (None at the end) -> the bytes the client gets.
+Converter = Callable[[SSEEvent | None], list[bytes]]
+
 
 class Accounting(Protocol):
     """Budgets and the cost ledger, as the proxy uses them."""
@@ -399,7 +402,7 @@ class ProxyService:
                     if event is KEEPALIVE:
                         yield encode_comment("keep-alive")
                     else:
-                        tracker.feed(event.event, event_json(event))
+                        tracker.feed(event.event, event.data)
                         for out in convert(event):
                             yield out
                     event = stream.next_event()
@@ -444,24 +447,30 @@ class ProxyService:
             return translate.anthropic_to_openai_response(reply, model=model)
         return translate.openai_to_anthropic_response(reply, model=model)
 
-    def _stream_converter(
-        self, request: ClientRequest, wire: Wire, model: str
-    ) -> Callable[[SSEEvent | None], list[bytes]]:
-        """Turns each upstream event (None at the end) into the bytes the client gets."""
+    def _stream_converter(self, request: ClientRequest, wire: Wire, model: str) -> Converter:
+        """Turns each upstream event (None at the end) into the bytes the client gets.
+
+        Passthrough forwards the provider's bytes and decodes nothing it need not: only a usage
+        chunk (to drop it when the client did not ask for usage) or a model name to rewrite.
+        """
         alias = str(request.body["model"])
         if request.wire == wire == "openai":
             wants_usage = request.wants_usage
+            rename = alias != model
 
             def openai_passthrough(event: SSEEvent | None) -> list[bytes]:
                 if event is None:
                     return []
-                data = event_json(event)
-                if data is not None:
-                    if not data.get("choices") and data.get("usage") and not wants_usage:
-                        return []  # the usage chunk we asked for on the client's behalf
-                    data["model"] = alias
-                    return [encode_event(json.dumps(data, separators=(",", ":")))]
-                return [encode_event(event.data)]
+                raw = event.data
+                if raw == "[DONE]":
+                    return [encode_event(raw)]
+                if not wants_usage and ('"choices":[]' in raw or '"choices": []' in raw):
+                    return []  # the usage chunk we asked for on the client's behalf
+                if not rename:
+                    return [encode_event(raw)]  # forwarded as the provider wrote it
+                data = event_json(event) or {}
+                data["model"] = alias
+                return [encode_event(json.dumps(data, separators=(",", ":")))]
 
             return openai_passthrough
         if request.wire == wire == "anthropic":
@@ -471,9 +480,8 @@ class ProxyService:
 
             return anthropic_passthrough
         if request.wire == "openai":
-            to_openai = translate.AnthropicToOpenAIStream(
-                alias, f"chatcmpl-{uuid.uuid4().hex}", request.wants_usage
-            )
+            completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+            to_openai = translate.AnthropicToOpenAIStream(alias, completion_id, request.wants_usage)
 
             def from_anthropic(event: SSEEvent | None) -> list[bytes]:
                 if event is None:
@@ -481,10 +489,8 @@ class ProxyService:
                 data = event_json(event)
                 if data is None:
                     return []
-                return [
-                    encode_event(json.dumps(c, separators=(",", ":")))
-                    for c in to_openai.feed(event.event or "", data)
-                ]
+                chunks = to_openai.feed(event.event or "", data)
+                return [encode_event(json.dumps(c, separators=(",", ":"))) for c in chunks]
 
             return from_anthropic
         to_anthropic = translate.OpenAIToAnthropicStream(alias, f"msg_{uuid.uuid4().hex}")

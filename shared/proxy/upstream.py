@@ -8,6 +8,7 @@ stream (a timeout, or a client that went away) closes the upstream connection.
 
 from __future__ import annotations
 
+import collections
 import json
 import queue
 import threading
@@ -119,7 +120,8 @@ class UpstreamStream:
     ):
         self.timeouts = timeouts
         self.keepalive_s = keepalive_s
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue: queue.Queue[Any] = queue.Queue()  # lists of events (one per network read), end, error
+        self._pending: collections.deque[SSEEvent] = collections.deque()
         self._started = time.monotonic()
         self._deadline = self._started + timeouts.total_s
         self._got_first = False
@@ -163,14 +165,17 @@ class UpstreamStream:
         parser = SSEParser()
         try:
             for chunk in self._response.iter_raw():
-                for event in parser.feed(chunk):
-                    self._queue.put(event)
+                events = parser.feed(chunk)
+                if events:
+                    self._queue.put(events)  # one hand-over per read, not per event
             self._queue.put(_END)
         except Exception as e:  # the connection was cut, or we closed it
             self._queue.put(e)
 
     def next_event(self) -> SSEEvent | KeepAlive | None:
         """The next event, KEEPALIVE after a quiet interval, None at a clean end; or UpstreamError."""
+        if self._pending:
+            return self._deliver(self._pending.popleft())
         limit, kind = (
             (self.timeouts.idle_s, "idle_timeout")
             if self._got_first
@@ -209,9 +214,13 @@ class UpstreamStream:
                     "the provider closed the stream before it was complete",
                     retryable=not self._got_first,
                 )
-            self._got_first = True
-            self._last_event_at = time.monotonic()
-            return item
+            self._pending.extend(item)
+            return self._deliver(self._pending.popleft())
+
+    def _deliver(self, event: SSEEvent) -> SSEEvent:
+        self._got_first = True
+        self._last_event_at = time.monotonic()
+        return event
 
     def events(self) -> Iterator[SSEEvent | KeepAlive]:
         while True:

@@ -2,60 +2,77 @@
 
 Whatever the client's format, the tracker reads the provider's own events: OpenAI's and Groq's
 usage chunk (``stream_options.include_usage``; Groq also sends ``x_groq.usage``), Anthropic's
-``message_start`` and ``message_delta`` usage.  It also keeps the text so far, so a stream cut
-before its usage can still be counted (estimated).
+``message_start`` and ``message_delta`` usage.  Only the events that can carry usage are decoded;
+the others are kept as they came and decoded only if the stream is cut before its usage, to
+estimate the tokens from the text received so far.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
 from typing import Any
 
 from .providers.base import Wire
 
+_ANTHROPIC_USAGE_EVENTS = frozenset({"message_start", "message_delta"})
 
-@dataclass
+
 class Reported:
     """What the provider said; ``complete`` once its final usage has arrived."""
 
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    complete: bool = False
-    text: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cached_input_tokens = 0
+        self.complete = False
+        self._raw: list[str] = []  # undecoded events, for completion_text
+        self._wire: Wire = "openai"
 
     @property
     def completion_text(self) -> str:
-        return "".join(self.text)
+        """The text and tool arguments received so far (decoded on demand: a cut stream is rare)."""
+        parts: list[str] = []
+        for raw in self._raw:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                parts.extend(_openai_text(data) if self._wire == "openai" else _anthropic_text(data))
+        return "".join(parts)
 
 
 class UsageTracker:
-    """Feed it every upstream event (as parsed JSON) of one stream."""
+    """Feed it every upstream event (name and raw data) of one stream."""
 
     def __init__(self, wire: Wire) -> None:
         self.wire = wire
         self.reported = Reported()
+        self.reported._wire = wire
 
-    def feed(self, event_name: str | None, data: dict[str, Any] | None) -> None:
-        if data is None:
-            return
+    def feed(self, event_name: str | None, raw: str) -> None:
         if self.wire == "openai":
-            self._openai(data)
-        else:
-            self._anthropic(event_name or data.get("type"), data)
-
-    def _openai(self, chunk: dict[str, Any]) -> None:
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str):
-                self.reported.text.append(delta["content"])
-            for call in delta.get("tool_calls") or []:
-                arguments = (call.get("function") or {}).get("arguments")
-                if isinstance(arguments, str):
-                    self.reported.text.append(arguments)
-        usage = chunk.get("usage") or (chunk.get("x_groq") or {}).get("usage")
-        if usage:
-            self.set_openai_usage(usage)
+            if '"usage":{' in raw or '"usage": {' in raw:
+                data = _decode(raw)
+                usage = data.get("usage") or (data.get("x_groq") or {}).get("usage")
+                if usage:
+                    self.set_openai_usage(usage)
+            elif raw != "[DONE]":
+                self.reported._raw.append(raw)
+            return
+        if event_name in _ANTHROPIC_USAGE_EVENTS:
+            data = _decode(raw)
+            if event_name == "message_start":
+                self.set_anthropic_usage((data.get("message") or {}).get("usage") or {}, complete=False)
+            else:
+                usage = data.get("usage") or {}
+                if "output_tokens" in usage:
+                    self.reported.output_tokens = int(usage["output_tokens"])
+                if usage.get("input_tokens"):
+                    self.reported.input_tokens = int(usage["input_tokens"])
+                self.reported.complete = True
+        elif event_name == "content_block_delta":
+            self.reported._raw.append(raw)
 
     def set_openai_usage(self, usage: dict[str, Any]) -> None:
         """OpenAI's prompt_tokens include the cached ones; keep them apart."""
@@ -65,26 +82,36 @@ class UsageTracker:
         self.reported.output_tokens = int(usage.get("completion_tokens") or 0)
         self.reported.complete = True
 
-    def _anthropic(self, event: str | None, data: dict[str, Any]) -> None:
-        if event == "message_start":
-            usage = (data.get("message") or {}).get("usage") or {}
-            self.set_anthropic_usage(usage, complete=False)
-        elif event == "content_block_delta":
-            delta = data.get("delta") or {}
-            text = delta.get("text") if delta.get("type") == "text_delta" else delta.get("partial_json")
-            if isinstance(text, str):
-                self.reported.text.append(text)
-        elif event == "message_delta":
-            usage = data.get("usage") or {}
-            if "output_tokens" in usage:
-                self.reported.output_tokens = int(usage["output_tokens"])
-            if usage.get("input_tokens"):
-                self.reported.input_tokens = int(usage["input_tokens"])
-            self.reported.complete = True
-
     def set_anthropic_usage(self, usage: dict[str, Any], *, complete: bool = True) -> None:
         """Anthropic's input_tokens exclude cache reads, which are reported on their own."""
         self.reported.input_tokens = int(usage.get("input_tokens") or 0)
         self.reported.cached_input_tokens = int(usage.get("cache_read_input_tokens") or 0)
         self.reported.output_tokens = int(usage.get("output_tokens") or 0)
         self.reported.complete = complete
+
+
+def _decode(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _openai_text(chunk: dict[str, Any]) -> list[str]:
+    parts: list[str] = []
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if isinstance(delta.get("content"), str):
+            parts.append(delta["content"])
+        for call in delta.get("tool_calls") or []:
+            arguments = (call.get("function") or {}).get("arguments")
+            if isinstance(arguments, str):
+                parts.append(arguments)
+    return parts
+
+
+def _anthropic_text(data: dict[str, Any]) -> list[str]:
+    delta = data.get("delta") or {}
+    text = delta.get("text") if delta.get("type") == "text_delta" else delta.get("partial_json")
+    return [text] if isinstance(text, str) else []
