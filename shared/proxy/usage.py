@@ -10,6 +10,7 @@ estimate the tokens from the text received so far.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from .providers.base import Wire
@@ -17,16 +18,16 @@ from .providers.base import Wire
 _ANTHROPIC_USAGE_EVENTS = frozenset({"message_start", "message_delta"})
 
 
+@dataclass
 class Reported:
     """What the provider said; ``complete`` once its final usage has arrived."""
 
-    def __init__(self) -> None:
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.cached_input_tokens = 0
-        self.complete = False
-        self._raw: list[str] = []  # undecoded events, for completion_text
-        self._wire: Wire = "openai"
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    complete: bool = False
+    _raw: list[str] = field(default_factory=list, repr=False)  # undecoded events, for completion_text
+    _wire: Wire = field(default="openai", repr=False)
 
     @property
     def completion_text(self) -> str:
