@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,6 +60,7 @@ import httpx
 import psutil
 import redis
 
+from infra.local_api import local_api
 from infra.redis_server import free_port, start_redis, stop_process
 from localstack.endpoint import Endpoint, ensure_endpoint
 from shared.api.services import Services
@@ -283,34 +283,10 @@ def bench_webhooks(
 
 @contextlib.contextmanager
 def chalice_local(settings: Settings, endpoint: Endpoint, log_path: Path) -> Iterator[tuple[str, int]]:
-    port = free_port()
     env = {**os.environ, **env_for_app(settings, endpoint), "PYTHONPATH": str(ROOT)}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # spans are made but not exported, as in part (a)
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "chalice"), "local", "--host", "127.0.0.1", "--port", str(port), "--no-autoreload"],
-            cwd=ROOT / "functions",
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"chalice local exited: {log_path.read_text()[-2000:]}")
-            try:
-                httpx.get(f"{url}/v1/openapi.json", timeout=1.0)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield url, proc.pid
-    finally:
-        stop_process(proc)
+    with local_api(env, log_path, module=None) as api:
+        yield api.url, api.process.pid
 
 
 def load(

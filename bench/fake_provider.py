@@ -113,6 +113,25 @@ ROOT = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------------------------- knobs
 
 
+#: A routing policy (shared/proxy/routing.py) whose targets this fake serves, with short timeouts
+#: so tests and benchmarks see stalls quickly.
+ROUTING_POLICY = {
+    "routes": {
+        "gpt-4o-mini": {
+            "targets": [
+                {"provider": "openai", "model": "gpt-4o-mini", "weight": 100},
+                {"provider": "groq", "model": "llama-3.1-8b-instant", "weight": 0},
+            ]
+        },
+        "claude-3-5-haiku": {
+            "targets": [{"provider": "anthropic", "model": "claude-3-5-haiku", "weight": 1}]
+        },
+        "llama": {"targets": [{"provider": "groq", "model": "llama-3.1-8b-instant", "weight": 1}]},
+    },
+    "timeouts": {"default": {"connect_s": 2, "first_token_s": 3, "idle_s": 1.0, "total_s": 30}},
+}
+
+
 @dataclass
 class Knobs:
     """One request's scenario; see the module docstring for each knob."""

@@ -57,7 +57,9 @@ import openai
 import psutil
 import redis
 
+from bench.fake_provider import ROUTING_POLICY as POLICY
 from bench.fake_provider import set_fake_state
+from infra.local_api import local_api
 from infra.redis_server import free_port, start_redis, stop_process
 from localstack.bootstrap import bootstrap
 from localstack.endpoint import Endpoint, ensure_endpoint
@@ -76,22 +78,6 @@ SCENARIO = "chunks=50;interval_ms=10;first_token_ms=100"
 CHUNKS = 50  # content chunks per stream; --scenario changes it (its chunks=N)
 SEPARATE_GAP_S = 0.005  # a content chunk more than 5 ms after the previous one came in its own read
 RESERVED_PORTS = {4566, 6379, 6380}
-#: The routing policy of tests/test_proxy.py (POLICY).
-POLICY = {
-    "routes": {
-        "gpt-4o-mini": {
-            "targets": [
-                {"provider": "openai", "model": "gpt-4o-mini", "weight": 100},
-                {"provider": "groq", "model": "llama-3.1-8b-instant", "weight": 0},
-            ]
-        },
-        "claude-3-5-haiku": {
-            "targets": [{"provider": "anthropic", "model": "claude-3-5-haiku", "weight": 1}]
-        },
-        "llama": {"targets": [{"provider": "groq", "model": "llama-3.1-8b-instant", "weight": 1}]},
-    },
-    "timeouts": {"default": {"connect_s": 2, "first_token_s": 3, "idle_s": 1.0, "total_s": 30}},
-}
 PROMPT = "Write one line about Pressline please"
 BODY = {
     "model": MODEL,
@@ -205,20 +191,6 @@ class RssSampler:
             self.batches.append((base, peak[0], peak[1]))
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited: {log_path.read_text()[-2000:]}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 @contextlib.contextmanager
 def fake_provider(log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``bench.fake_provider`` as a subprocess (its own GIL) on a free port."""
@@ -246,22 +218,8 @@ def proxy_server(
     env: dict[str, str], log_path: Path, module: str = "functions.serve"
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``python -m functions.serve`` on a free port, as ``make run`` serves the functions."""
-    p = port()
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "python"), "-m", module, "--host", "127.0.0.1", "--port", str(p)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{p}"
-    try:
-        wait_http(f"{url}/v1/openapi.json", proc, log_path)
-        yield url, proc
-    finally:
-        stop_process(proc)
+    with local_api(env, log_path, module=module) as api:
+        yield api.url, api.process
 
 
 def proxy_env(redis_url: str, endpoint: Endpoint, fake: str, policy: Path) -> dict[str, str]:

@@ -14,6 +14,7 @@ import openai
 import pytest
 import redis
 
+from bench.fake_provider import ROUTING_POLICY as POLICY
 from bench.fake_provider import fake_stats, running_fake_provider, set_fake_state
 from localstack.bootstrap import bootstrap
 from localstack.endpoint import Endpoint
@@ -24,22 +25,6 @@ from shared.cost.ledger import CostLedger
 from shared.cost.prices import PriceTable, Usage
 from shared.proxy.routing import Route, Target
 from tests.support.api import ensure_bucket, streaming_server
-
-POLICY = {
-    "routes": {
-        "gpt-4o-mini": {
-            "targets": [
-                {"provider": "openai", "model": "gpt-4o-mini", "weight": 100},
-                {"provider": "groq", "model": "llama-3.1-8b-instant", "weight": 0},
-            ]
-        },
-        "claude-3-5-haiku": {
-            "targets": [{"provider": "anthropic", "model": "claude-3-5-haiku", "weight": 1}]
-        },
-        "llama": {"targets": [{"provider": "groq", "model": "llama-3.1-8b-instant", "weight": 1}]},
-    },
-    "timeouts": {"default": {"connect_s": 2, "first_token_s": 3, "idle_s": 1.0, "total_s": 30}},
-}
 
 
 @pytest.fixture(scope="module")

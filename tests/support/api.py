@@ -5,21 +5,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import redis
 
-from infra.redis_server import free_port, stop_process
+from infra.local_api import local_api
 from shared.auth import TokenStore
 from shared.aws import aws_client
 from shared.config import Settings
 from shared.sites import Site, SiteRegistry
-from tests.support.workers import BIN, ROOT, worker_env
+from tests.support.workers import worker_env
 
 
 def site_secret_name(site: str) -> str:
@@ -70,42 +67,14 @@ def register_site(
 
 
 @contextlib.contextmanager
-def _serving(command: list[str], cwd: Path, redis_url: str, log: Path, env: dict[str, str]) -> Iterator[str]:
-    """Run an HTTP server of the functions on a free port (``{port}`` in ``command``); yield its URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [part.format(port=port) for part in command],
-        cwd=cwd,
-        env=worker_env(redis_url, **env),
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited: {log.read_text()[-2000:]}")
-            try:
-                httpx.get(f"{url}/v1/openapi.json", timeout=1.0)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield url
-    finally:
-        stop_process(proc)  # type: ignore[arg-type]
-
-
-def chalice_local(redis_url: str, log: Path, **env: str) -> contextlib.AbstractContextManager[str]:
+def chalice_local(redis_url: str, log: Path, **env: str) -> Iterator[str]:
     """The stock ``chalice local`` CLI, in ``functions/``."""
-    command = [str(BIN / "chalice"), "local", "--host", "127.0.0.1", "--port", "{port}", "--no-autoreload"]
-    return _serving(command, ROOT / "functions", redis_url, log, env)
+    with local_api(worker_env(redis_url, **env), log, module=None) as api:
+        yield api.url
 
 
-def streaming_server(redis_url: str, log: Path, **env: str) -> contextlib.AbstractContextManager[str]:
+@contextlib.contextmanager
+def streaming_server(redis_url: str, log: Path, **env: str) -> Iterator[str]:
     """``python -m functions.serve``: Chalice's local server with server-sent events streamed."""
-    command = [str(BIN / "python"), "-m", "functions.serve", "--host", "127.0.0.1", "--port", "{port}"]
-    return _serving(command, ROOT, redis_url, log, env)
+    with local_api(worker_env(redis_url, **env), log) as api:
+        yield api.url
