@@ -20,7 +20,7 @@ from localstack.bootstrap import bootstrap
 from localstack.endpoint import Endpoint
 from shared.auth import TokenStore
 from shared.config import Settings
-from shared.cost.budget import BudgetGuard, Period
+from shared.cost.budget import BudgetGuard, Period, worst_case_cost
 from shared.cost.ledger import CostLedger
 from shared.cost.prices import PriceTable, Usage
 from shared.proxy.routing import Route, Target
@@ -328,14 +328,16 @@ def test_a_tenant_over_its_hard_budget_gets_402_with_no_upstream_call(
 
 
 def test_20_concurrent_requests_just_under_the_hard_limit_never_overspend(
-    proxy: str, token: str, redis_url: str, ledger: CostLedger
+    proxy: str, token: str, fake: str, redis_url: str, ledger: CostLedger
 ) -> None:
     client = redis.Redis.from_url(redis_url)
     guard = BudgetGuard(client, "pressline")
     price = PriceTable.load().price("openai", "gpt-4o-mini")
-    per_request_worst = price.input * 200 + price.output * 64  # generous; the exact figure doesn't matter
-    hard = per_request_worst * 3
+    # What the proxy holds per request; the limit fits five and a half such holds.
+    hold = worst_case_cost(price, USER[0]["content"], 64)
+    hard = hold * 5 + hold // 2
     guard.set_budget("acme", Period.DAY, hard_pico=hard)
+    set_fake_state(fake, scenario={"openai": "chunks=10;interval_ms=100"})  # ~1 s each: all 20 overlap
     statuses: list[int] = []
     lock = threading.Lock()
 
