@@ -278,10 +278,11 @@ def test_recovery_never_robs_a_live_consumer_and_takes_over_a_dead_ones(redis_ur
     holder, rescuer = make(), make()
     holder.enqueue(dramatiq.Message(queue_name="slow", actor_name="a", args=(), kwargs={}, options={}))
     held = holder.consume("slow", prefetch=1, timeout=2000)
+    message = next(held)
+    assert message is not None
+    # Only now does the rescuer start: its fetcher would otherwise race the holder's for the entry.
     rescue = rescuer.consume("slow", prefetch=1, timeout=300)
     try:
-        message = next(held)
-        assert message is not None
         # The holder works on it for 5x the dead-after time; its heartbeat keeps it alive.
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
