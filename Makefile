@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench bench-api bench-proxy deploy package deps system-deps clean
+.PHONY: dashboards run test lint typecheck unit bench bench-api bench-proxy bench-pipeline bench-cache demo deploy package deps system-deps clean
 
 deps: $(STAMP) system-deps
 
@@ -18,11 +18,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# System packages: redis-server (the broker the stack and the tests start themselves).
+# System packages: redis-server (the broker the stack and the tests start themselves) and
+# prometheus (promtool for the rules' tests; the server for the tests and PRESSLINE_PROMETHEUS=1)
+# and the local WordPress's packages.
 system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server via apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus via apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@# The local WordPress (infra/wordpress.py): Debian's wordpress, PHP's CLI server, MariaDB.
+	@{ command -v php && test -x /usr/sbin/mariadbd && test -f /usr/share/wordpress/wp-load.php \
+	  && test -d /usr/share/wordpress/wp-content/themes/twentytwentythree \
+	  && php -m | grep -qx mysqli; } >/dev/null 2>&1 || { \
+	  echo "installing wordpress, php-cli, php-mysql, mariadb via apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    wordpress wordpress-theme-twentytwentythree php-cli php-mysql mariadb-server mariadb-client >/dev/null; }
+
+# Regenerate the Grafana dashboards' JSON from dashboards/build.py.
+dashboards: deps
+	$(BIN)/python -m dashboards.build
 
 run: deps
 	$(BIN)/python -m infra.devstack
@@ -32,7 +48,7 @@ lint: deps
 	$(BIN)/ruff format --check .
 
 typecheck: deps
-	$(BIN)/mypy shared workers functions localstack infra bench
+	$(BIN)/mypy shared workers functions localstack infra bench dashboards
 
 test: lint typecheck
 	$(BIN)/pytest -q
@@ -45,6 +61,17 @@ bench-api: deps
 
 bench-proxy: deps
 	$(BIN)/python -m bench.proxy_bench
+
+bench-pipeline: deps
+	$(BIN)/python -m bench.pipeline_bench
+
+bench-cache: deps
+	$(BIN)/python -m bench.cache_bench
+
+# One article from an API request to a post in the local WordPress, offline (uses `make run`'s
+# stack when it runs, else starts its own); prints the post's URL, id, trace id and cost.
+demo: deps
+	$(BIN)/python -m infra.demo
 
 # Deploy the Chalice functions to the local AWS endpoint (moto on 4566 unless a LocalStack answers
 # there); the stack (make run) or a moto server must be up. STAGE=dev by default.
