@@ -12,6 +12,8 @@ Routes (one port)::
     POST /groq/openai/v1/chat/completions   GET /groq/openai/v1/models     (Authorization: Bearer)
     POST /anthropic/v1/messages             GET /anthropic/v1/models       (x-api-key or Bearer,
                                                                             anthropic-version)
+    POST /openai/v1/embeddings              (Bearer; deterministic: a normalised hashed bag of
+                                            words, so texts sharing their words are close)
     GET  /_fake/stats    GET|POST /_fake/state                             (control; no auth)
 
 Behaviour per request comes from "knobs": ``;``- (or ``,``-) separated ``key=value`` or flags, read
@@ -77,6 +79,7 @@ import contextlib
 import hashlib
 import http
 import json
+import math
 import re
 import select
 import signal
@@ -130,6 +133,15 @@ ROUTING_POLICY = {
     },
     "timeouts": {"default": {"connect_s": 2, "first_token_s": 3, "idle_s": 1.0, "total_s": 30}},
 }
+
+
+def provider_env(base_url: str) -> dict[str, str]:
+    """The settings that point Pressline's three providers at this fake (served at ``base_url``)."""
+    return {
+        "PRESSLINE_OPENAI_BASE_URL": f"{base_url}/openai/v1",
+        "PRESSLINE_ANTHROPIC_BASE_URL": f"{base_url}/anthropic",
+        "PRESSLINE_GROQ_BASE_URL": f"{base_url}/groq/openai/v1",
+    }
 
 
 @dataclass
@@ -494,6 +506,48 @@ _OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
 }
 
 
+def fake_embedding(text: str, dimensions: int) -> list[float]:
+    """A hashed bag of lower-cased words, L2-normalised: deterministic, and paraphrases that share
+    their words score close (what a cache test needs from an embeddings API)."""
+    vector = [0.0] * dimensions
+    for word in re.findall(r"\w+", text.lower()):
+        digest = hashlib.sha256(word.encode()).digest()
+        vector[int.from_bytes(digest[:4], "big") % dimensions] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
+def embeddings_reply(raw: bytes | None) -> tuple[int, dict[str, Any]]:
+    """OpenAI's ``POST /v1/embeddings``: ``input`` a string or a list of strings, ``dimensions``."""
+    try:
+        body = json.loads(raw or b"{}")
+        inputs = body["input"]
+        model = str(body["model"])
+    except (ValueError, KeyError, TypeError):
+        return 400, openai_error(400, "'model' and 'input' are required")
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    dimensions = body.get("dimensions", 1536)
+    if (
+        not isinstance(inputs, list)
+        or not inputs
+        or not all(isinstance(t, str) and t for t in inputs)
+        or not isinstance(dimensions, int)
+        or not 1 <= dimensions <= 3072
+    ):
+        return 400, openai_error(400, "input must be a non-empty string or list of strings", "input")
+    data = [
+        {"object": "embedding", "index": i, "embedding": fake_embedding(t, dimensions)}
+        for i, t in enumerate(inputs)
+    ]
+    tokens = sum(len(t.split()) for t in inputs)
+    return 200, {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
 def openai_error(status: int, message: str | None = None, param: str | None = None) -> dict[str, Any]:
     """OpenAI's (and Groq's) error body."""
     kind, code, default = _OPENAI_ERRORS.get(status, ("server_error", None, f"Fake error {status}."))
@@ -643,6 +697,7 @@ def _new_stats() -> dict[str, Any]:
         "streams_server_disconnected": 0,
         "streams_error_event": 0,
         "client_disconnects": 0,
+        "embeddings": 0,
         "recent": deque(maxlen=500),
     }
 
@@ -809,6 +864,14 @@ class FakeProvider:
         }
         if path in routes and method == "POST":
             return await self._generate(routes[path], req, ex)
+        if path == "/openai/v1/embeddings" and method == "POST":
+            if (denied := self._auth_error("openai", req)) is not None:
+                return await self._send_json(ex, denied[0], error_body("openai", *denied))
+            if isinstance(down := self.state.down.get("openai"), int):
+                return await self._send_json(ex, down, error_body("openai", down))
+            status, reply = embeddings_reply(req.body)
+            self.stats["embeddings"] += status == 200
+            return await self._send_json(ex, status, reply)
         for provider in PROVIDERS:
             base = "/groq/openai/v1" if provider == "groq" else f"/{provider}/v1"
             if path == f"{base}/models" and method == "GET":

@@ -14,7 +14,8 @@ chunks 10 ms apart, the finish chunk, a usage chunk and ``data: [DONE]`` (ideal 
   proxy in turn (the order alternates), and each concurrent batch of the one is followed by a batch
   of the other. Before measuring, each target gets a few untimed streams and one untimed
   50-wide batch that opens its connections; that batch is still reported ("cold").
-* Client: one ``httpx.AsyncClient`` per target (keep-alive pool of ``--conc`` connections), SSE
+* Client: one ``httpx.AsyncClient`` per target (keep-alive pool of ``--conc`` connections, kept
+  open across phases), SSE
   parsed from the raw reads. TTFB = request start -> the first ``data:`` event with non-empty
   ``choices``; total = request start -> ``data: [DONE]``. The time of each read is the arrival
   time of the events in it; a content chunk "arrived separately" when it came more than 5 ms
@@ -58,7 +59,7 @@ import psutil
 import redis
 
 from bench.fake_provider import ROUTING_POLICY as POLICY
-from bench.fake_provider import set_fake_state
+from bench.fake_provider import provider_env, set_fake_state
 from infra.local_api import local_api
 from infra.redis_server import free_port, start_redis, stop_process
 from localstack.bootstrap import bootstrap
@@ -233,9 +234,7 @@ def proxy_env(redis_url: str, endpoint: Endpoint, fake: str, policy: Path) -> di
         AWS_ACCESS_KEY_ID=LOCAL_CREDENTIALS[0],
         AWS_SECRET_ACCESS_KEY=LOCAL_CREDENTIALS[1],
         AWS_DEFAULT_REGION="us-east-1",
-        PRESSLINE_OPENAI_BASE_URL=f"{fake}/openai/v1",
-        PRESSLINE_ANTHROPIC_BASE_URL=f"{fake}/anthropic",
-        PRESSLINE_GROQ_BASE_URL=f"{fake}/groq/openai/v1",
+        **provider_env(fake),
         PRESSLINE_ROUTING_POLICY=str(policy),
         PRESSLINE_API_RATE_LIMIT="1000000/s:1000000",
     )
@@ -514,7 +513,12 @@ def verdicts(
 async def measure(
     args: argparse.Namespace, fake_url: str, proxy_url: str, token: str, procs: dict[str, psutil.Process]
 ) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=args.conc, max_keepalive_connections=args.conc)
+    # Connections opened by the warm-up stay open through the sequential phase (minutes long; httpx
+    # drops idle ones after 5 s by default), so every measured batch runs on warm connections as
+    # designed and only the "cold" batch pays for new ones.
+    limits = httpx.Limits(
+        max_connections=args.conc, max_keepalive_connections=args.conc, keepalive_expiry=3600
+    )
     timeout = httpx.Timeout(30.0)
     rss_start = procs["proxy"].memory_info().rss
     threads_idle = procs["proxy"].num_threads()

@@ -20,13 +20,14 @@ from chalice import Chalice, Response
 from chalice.app import Request
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from shared.api.errors import STATUS_CODES, ApiError, error_body
+from shared.api.function_url import buffered
 from shared.api.responses import ApiResponse
 from shared.api.services import Services
 from shared.api.streaming import StreamingResponse
-from shared.api.trace_context import inbound_context
+from shared.api.trace_context import inbound_context, outbound_headers
 from shared.config import Settings
 from shared.proxy.service import StreamingResult
 from shared.telemetry.logging import configure_logging
@@ -151,11 +152,68 @@ def request_cost(request_id: str) -> Response:
     return _respond(services().costs.request(authorization=_bearer(_request()), request_id=request_id))
 
 
+@app.route("/v1/prompts", methods=["GET"])
+@answers_errors
+def list_prompts() -> Response:
+    return _respond(services().prompts.list(authorization=_bearer(_request())))
+
+
+@app.route("/v1/prompts", methods=["POST"], content_types=[JSON])
+@answers_errors
+def create_prompt() -> Response:
+    request = _request()
+    return _respond(
+        services().prompts.create(
+            authorization=_bearer(request),
+            content_type=request.headers.get("content-type"),
+            body=_raw(request),
+        )
+    )
+
+
+@app.route("/v1/prompts/{name}", methods=["GET"])
+@answers_errors
+def get_prompt(name: str) -> Response:
+    return _respond(services().prompts.get(authorization=_bearer(_request()), name=name))
+
+
+@app.route("/v1/prompts/{name}/versions", methods=["POST"], content_types=[JSON])
+@answers_errors
+def publish_prompt(name: str) -> Response:
+    """A new version, made current; the prompt's cached answers are purged."""
+    request = _request()
+    return _respond(
+        services().prompts.publish(
+            authorization=_bearer(request),
+            name=name,
+            content_type=request.headers.get("content-type"),
+            body=_raw(request),
+        )
+    )
+
+
+@app.route("/v1/prompts/{name}/rollback", methods=["POST"], content_types=[JSON])
+@answers_errors
+def rollback_prompt(name: str) -> Response:
+    """Make an earlier version current again; the prompt's cached answers are purged."""
+    request = _request()
+    return _respond(
+        services().prompts.rollback(
+            authorization=_bearer(request),
+            name=name,
+            content_type=request.headers.get("content-type"),
+            body=_raw(request),
+        )
+    )
+
+
 @app.route("/metrics", methods=["GET"])
 def metrics() -> Response:
-    """Prometheus exposition of this process's proxy metrics (scraped on the private network)."""
+    """Prometheus exposition of this process's metrics: the proxy's and cache's (the services'
+    registry) and the process-wide ones (webhook intake, log shipping, process); scraped on the
+    private network."""
     return Response(
-        body=generate_latest(services().registry).decode(),
+        body=(generate_latest(services().registry) + generate_latest(REGISTRY)).decode(),
         status_code=200,
         headers={"Content-Type": CONTENT_TYPE_LATEST},
     )
@@ -164,6 +222,17 @@ def metrics() -> Response:
 @app.route("/v1/openapi.json", methods=["GET"])
 def openapi() -> Response:
     return Response(body=_openapi_document(), status_code=200, headers={"Content-Type": JSON})
+
+
+@app.lambda_function(name="stream")
+def stream(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The same routes behind a Lambda function URL (invoke mode RESPONSE_STREAM).
+
+    Deployed with ``pressline-streaming-runtime`` as its exec wrapper, whose runtime loop answers
+    each event and streams the body (shared/api/streaming_runtime.py); this handler is the buffered
+    fallback where that wrapper does not run.
+    """
+    return buffered(app, event, context)
 
 
 # -- plumbing -----------------------------------------------------------------------------------
@@ -197,6 +266,8 @@ def _proxy_args(request: Request) -> dict[str, Any]:
         "body": _raw(request),
         "route_key": request.headers.get("x-pressline-route-key"),
         "job_id": request.headers.get("x-pressline-job-id"),
+        "cache_control": request.headers.get("cache-control"),
+        "cache_mode": request.headers.get("x-pressline-cache"),
     }
 
 
@@ -236,10 +307,17 @@ def envelope(event: Request, get_response: Callable[[Request], Response]) -> Res
         span.set_attribute("http.response.status_code", response.status_code)
         if response.status_code >= 500:
             span.set_status(Status(StatusCode.ERROR))
-        response.headers["X-Trace-Id"] = trace_id
-        response.headers["traceparent"] = (
-            f"00-{trace_id}-{format(span.get_span_context().span_id, '016x')}-01"
+        # One access line per request, under its span (so it carries the trace id); scrapes at debug.
+        log.log(
+            logging.DEBUG if route == "/metrics" else logging.INFO,
+            "%s %s %d",
+            event.method,
+            route,
+            response.status_code,
+            extra={"http_method": event.method, "route": route, "status": response.status_code},
         )
+        response.headers["X-Trace-Id"] = trace_id
+        response.headers.update(outbound_headers(span))  # traceparent and X-Amzn-Trace-Id
         return response
 
 

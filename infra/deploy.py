@@ -30,12 +30,15 @@ on 127.0.0.1:4566 by default, or a LocalStack that answers there). What the comm
   run (and every run after ``shared/`` or ``app.py`` changes) needs PyPI.
 * Runtime: Chalice uses the version of the Python that runs it, here python3.11.
 
-What a deploy on moto gives you: the IAM role, the Lambda function (runtime, handler, code zip,
-environment) and the REST API with its resources, methods and Lambda integrations, all listable
-with boto3. moto never runs the Lambda code. Invoking it fails without Docker, and with
-``use_docker: false`` moto only echoes the payload. So the API answers nothing useful there. To
-run the deployed code you need LocalStack with Docker. ``chalice local`` (``make run``) serves the
-same routes on this machine.
+After Chalice, the ``stream`` function gets a function URL with invoke mode ``RESPONSE_STREAM``
+(Chalice knows no function URLs): the same routes, streamed (see shared/api/streaming_runtime.py).
+
+What a deploy on moto gives you: the IAM role, the Lambda functions (runtime, handler, code zip,
+environment), the stream function's URL and the REST API with its resources, methods and Lambda
+integrations, all listable with boto3. moto never runs the Lambda code. Invoking it fails without
+Docker, and with ``use_docker: false`` moto only echoes the payload. So the API answers nothing
+useful there. To run the deployed code you need LocalStack with Docker. ``chalice local``
+(``make run``) serves the same routes on this machine.
 
 ``--delete`` removes the stage's REST API, Lambda functions and IAM role with boto3 by the names
 and ids recorded in the state file. ``chalice delete`` is not clean on moto: it fails after
@@ -69,6 +72,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = ROOT / "functions"
 DEFAULT_WORK_DIR = ROOT / ".data" / "deploy"
 DEFAULT_STAGE = "dev"
+#: The app's Lambda function served through a streaming function URL (functions/app.py).
+STREAM_FUNCTION = "stream"
 #: Chalice's state and bundle cache; never copied from functions/ into the staged project.
 _NOT_STAGED = shutil.ignore_patterns(
     "__pycache__", "*.pyc", ".mypy_cache", ".ruff_cache", "deployed", "deployments"
@@ -265,11 +270,51 @@ def deploy(
         chalice_env(settings, target),
         moto=target.kind == "moto",
     )
+    ensure_stream_url(settings, target, project, stage)
     deployment = describe(settings, target, project, stage)
     deployment.actions = {
         r["name"]: ("updated" if r["name"] in before else "created") for r in read_state(project, stage)
     }
     return deployment
+
+
+def ensure_stream_url(settings: Settings, target: Target, project: Path, stage: str) -> str | None:
+    """Give the ``stream`` function a function URL that streams (invoke mode RESPONSE_STREAM).
+
+    Chalice creates the function (``@app.lambda_function(name="stream")``) but knows no function
+    URLs. Auth type NONE: the app checks its own bearer tokens, as it does behind API Gateway.
+    Returns the URL, or None when the stage has no such function.
+    """
+    arn = next(
+        (
+            r["lambda_arn"]
+            for r in read_state(project, stage)
+            if r["resource_type"] == "lambda_function" and r["name"] == STREAM_FUNCTION
+        ),
+        None,
+    )
+    if arn is None:
+        return None
+    lam = aws_client("lambda", _settings_for(settings, target))
+    try:
+        config = lam.get_function_url_config(FunctionName=arn)
+        if config.get("InvokeMode") != "RESPONSE_STREAM" or config.get("AuthType") != "NONE":
+            config = lam.update_function_url_config(
+                FunctionName=arn, AuthType="NONE", InvokeMode="RESPONSE_STREAM"
+            )
+    except lam.exceptions.ResourceNotFoundException:
+        config = lam.create_function_url_config(
+            FunctionName=arn, AuthType="NONE", InvokeMode="RESPONSE_STREAM"
+        )
+    with contextlib.suppress(lam.exceptions.ResourceConflictException):
+        lam.add_permission(
+            FunctionName=arn,
+            StatementId="pressline-function-url",
+            Action="lambda:InvokeFunctionUrl",
+            Principal="*",
+            FunctionUrlAuthType="NONE",
+        )
+    return str(config["FunctionUrl"])
 
 
 def _settings_for(settings: Settings, target: Target) -> Settings:
@@ -299,11 +344,21 @@ def describe(settings: Settings, target: Target, project: Path, stage: str) -> D
                     "memory_mb": fn.get("MemorySize"),
                     "timeout_s": fn.get("Timeout"),
                     "code_bytes": fn.get("CodeSize"),
+                    **_function_url(settings, resource["lambda_arn"]),
                 }
             )
         elif kind == "rest_api":
             result.api = _describe_api(settings, target, resource)
     return result
+
+
+def _function_url(settings: Settings, arn: str) -> dict[str, Any]:
+    lam = aws_client("lambda", settings)
+    try:
+        config = lam.get_function_url_config(FunctionName=arn)
+    except lam.exceptions.ResourceNotFoundException:
+        return {}
+    return {"function_url": config["FunctionUrl"], "invoke_mode": config.get("InvokeMode", "BUFFERED")}
 
 
 def _describe_api(settings: Settings, target: Target, resource: dict[str, Any]) -> dict[str, Any]:
@@ -420,6 +475,8 @@ def print_deployment(d: Deployment) -> None:
         action = d.actions.get(fn["resource"], "present")
         print(f"  Lambda        {fn['name']}  runtime={fn['runtime']} handler={fn['handler']}  [{action}]")
         print(f"                {fn['memory_mb']} MB, {fn['timeout_s']} s, code {fn['code_bytes']} bytes")
+        if "function_url" in fn:
+            print(f"                function URL {fn['function_url']} ({fn['invoke_mode']})")
     if d.api:
         action = d.actions.get(d.api["resource"], "present")
         print(f"  REST API      {d.api['id']} ({d.api['name']})  [{action}]")

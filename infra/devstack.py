@@ -35,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from bench.fake_provider import provider_env
 from infra.redis_server import free_port, start_redis
 from localstack.bootstrap import bootstrap
 from localstack.endpoint import EDGE_PORT, Endpoint, ensure_endpoint, probe
@@ -456,27 +457,17 @@ def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
     stack.say(f"aws endpoint   {endpoint.url} ({endpoint.kind})")
     for line in bootstrap(replace(settings, aws_endpoint_url=endpoint.url)):
         stack.say(f"bootstrap      {line}")
+    if settings.wordpress_local:  # PRESSLINE_WORDPRESS=1: site local-wp of tenant demo (infra/wordpress.py)
+        from infra.wordpress import start_for_stack
+
+        stack.new_tier()
+        for name, process in start_for_stack(replace(settings, aws_endpoint_url=endpoint.url), stack.say):
+            stack.add(Child(name, process, STOP_GRACE_S, own_group=True))
     if stack.stop_signal is not None:
         return None
 
-    workers: dict[str, Child] = {}
-    stack.new_tier()  # all queues drain at once
-    for index, queue in enumerate(QUEUES):
-        prom_db = data_dir / "prometheus" / queue
-        shutil.rmtree(prom_db, ignore_errors=True)
-        prom_db.mkdir(parents=True)
-        concurrency = settings.concurrency[queue]
-        workers[queue] = stack.spawn(
-            queue,
-            worker_command(queue, concurrency, settings),
-            env=worker_env(settings, endpoint, settings.metrics_port + index, prom_db),
-            stop_timeout_s=settings.drain_timeout_ms / 1000 + STOP_GRACE_S,
-            ready_lines=concurrency.processes,
-        )
-    if not stack.wait_ready(list(workers.values()), WORKER_BOOT_TIMEOUT_S):
-        return None
-
     api_env = worker_env(settings, endpoint, 0, data_dir / "prometheus" / "api")
+    llm_env: dict[str, str] = {}  # the infer workers call the providers too, through the proxy core
     providers_configured = any(
         getattr(settings, name) != getattr(Settings(), name)
         for name in ("openai_base_url", "anthropic_base_url", "groq_base_url")
@@ -496,11 +487,26 @@ def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
         if not stack.wait_ready([fake], WORKER_BOOT_TIMEOUT_S):
             return None
         fake_url = f"http://127.0.0.1:{fake_port}"
-        api_env.update(
-            PRESSLINE_OPENAI_BASE_URL=f"{fake_url}/openai/v1",
-            PRESSLINE_ANTHROPIC_BASE_URL=f"{fake_url}/anthropic",
-            PRESSLINE_GROQ_BASE_URL=f"{fake_url}/groq/openai/v1",
+        llm_env = provider_env(fake_url)
+
+    api_env.update(llm_env)
+
+    workers: dict[str, Child] = {}
+    stack.new_tier()  # all queues drain at once
+    for index, queue in enumerate(QUEUES):
+        prom_db = data_dir / "prometheus" / queue
+        shutil.rmtree(prom_db, ignore_errors=True)
+        prom_db.mkdir(parents=True)
+        concurrency = settings.concurrency[queue]
+        workers[queue] = stack.spawn(
+            queue,
+            worker_command(queue, concurrency, settings),
+            env={**worker_env(settings, endpoint, settings.metrics_port + index, prom_db), **llm_env},
+            stop_timeout_s=settings.drain_timeout_ms / 1000 + STOP_GRACE_S,
+            ready_lines=concurrency.processes,
         )
+    if not stack.wait_ready(list(workers.values()), WORKER_BOOT_TIMEOUT_S):
+        return None
 
     stack.new_tier()  # the API stops first: no new jobs while the workers drain
     api = stack.spawn(
@@ -513,7 +519,13 @@ def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
     )
     if not stack.wait_ready([api], WORKER_BOOT_TIMEOUT_S):
         return None
-    return ready_report(settings, redis_child, endpoint, workers, fake_url)
+    report = ready_report(settings, redis_child, endpoint, workers, fake_url)
+    if settings.prometheus_local:  # PRESSLINE_PROMETHEUS=1
+        from infra.prometheus import start_local_prometheus
+
+        ports = [settings.metrics_port + index for index in range(len(QUEUES))]
+        report += start_local_prometheus(stack, settings, data_dir, ports)
+    return report
 
 
 def api_command(settings: Settings) -> list[str]:

@@ -77,6 +77,33 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _route_floats(env: Mapping[str, str], name: str) -> dict[str, float]:
+    """``alias=value,alias=value`` (per-route TTLs and thresholds)."""
+    result: dict[str, float] = {}
+    for item in (env.get(name) or "").split(","):
+        if not item.strip():
+            continue
+        alias, sep, value = item.strip().rpartition("=")
+        try:
+            if not sep or not alias:
+                raise ValueError
+            result[alias] = float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: cannot parse {item.strip()!r} (want alias=number)") from None
+    return result
+
+
 def _site_pattern(env: Mapping[str, str], default: str) -> str:
     raw = env.get("PRESSLINE_WEBHOOK_SITE_SECRET_PATTERN") or default
     if "{site}" not in raw:
@@ -226,6 +253,17 @@ class Settings:
     otel_resource_attributes: str = ""
     otel_traces_sampler: str = "parentbased_always_on"
     otel_traces_sampler_arg: float = 1.0
+    #: X-Ray-compatible trace ids (epoch seconds first); on by default on Lambda.
+    xray_trace_ids: bool = False
+    #: Loki's base URL (``http://host:3100``): log lines are also pushed there, off the request path.
+    loki_url: str | None = None
+    #: Log lines waiting for Loki in one process; past this, new lines are dropped and counted.
+    loki_queue_lines: int = 10_000
+    #: How often a process pushes its waiting lines to Loki.
+    loki_flush_interval_s: float = 1.0
+    #: ``make run`` also starts a local Prometheus (``PRESSLINE_PROMETHEUS=1``; see infra/prometheus.py).
+    prometheus_local: bool = False
+    prometheus_port: int = 9090
     #: A JSON price table to use instead of the packaged ``shared/cost/prices.json``.
     price_table_path: str | None = None
     #: Cost-ledger entries kept per tenant (the stream is trimmed approximately past this).
@@ -247,6 +285,49 @@ class Settings:
     outbound_webhook_min_backoff_ms: int = 1000
     #: Also the cap on a receiver's ``Retry-After``.
     outbound_webhook_max_backoff_ms: int = 15 * 60_000
+    #: The model alias (routing policy) the pipeline's infer stage asks the proxy for.
+    pipeline_model: str = "gpt-4o-mini"
+    #: The output cap of the infer stage's LLM call (the budget reserves for it).
+    pipeline_max_tokens: int = 1500
+    #: An article with fewer words than this is refused by post-process (a permanent failure).
+    pipeline_min_words: int = 5
+    #: Retries of the publish stage before a job fails: WordPress outages are waited out this long.
+    publish_max_retries: int = 20
+    #: ``make run`` also brings up the local WordPress (``PRESSLINE_WORDPRESS=1``; see infra/wordpress.py).
+    wordpress_local: bool = False
+    wordpress_port: int = 8088
+    wordpress_db_port: int = 3317
+    #: Secrets Manager name of a site's Application Password JSON when its registration names none.
+    wordpress_credentials_pattern: str = "pressline/sites/{site}/wordpress"
+    #: One WordPress request's timeout, and the attempts (with full-jitter backoff) per client call.
+    wordpress_timeout_s: float = 10.0
+    wordpress_attempts: int = 4
+    wordpress_backoff_base_s: float = 0.5
+    #: Also the longest ``Retry-After`` waited out in the call; a longer one fails it as unavailable.
+    wordpress_backoff_max_s: float = 8.0
+    #: Requests per second to one site, summed over every process (GCRA in Redis), and the burst.
+    wordpress_rate_per_s: float = 10.0
+    wordpress_rate_burst: int = 10
+    #: Consecutive failures (5xx, 429, timeouts) that open a site's breaker, and how long it stays open.
+    wordpress_breaker_fail_max: int = 5
+    wordpress_breaker_reset_s: float = 30.0
+    #: The proxy's response cache (exact layer in Redis, semantic layer in Qdrant); off by default.
+    cache_enabled: bool = False
+    #: The semantic layer (embeddings + the precise check); off: the exact layer only.
+    cache_semantic: bool = True
+    cache_ttl_s: float = 3600.0
+    #: TTL per route alias, e.g. ``{"gpt-4o-mini": 600}`` (``PRESSLINE_CACHE_ROUTE_TTLS=gpt-4o-mini=600``).
+    cache_route_ttl_s: dict[str, float] = field(default_factory=dict)
+    #: Cosine similarity a semantic candidate needs before the precise check.
+    cache_threshold: float = 0.85
+    #: Threshold per route alias; 1 (or more) turns the semantic layer off for that route.
+    cache_route_threshold: dict[str, float] = field(default_factory=dict)
+    #: Requests with a higher temperature are never cached (both APIs default to 1).
+    cache_max_temperature: float = 1.0
+    #: Embedded Qdrant's directory (relative to data_dir), or ``:memory:``; unused with QDRANT_URL.
+    cache_qdrant_path: str = "qdrant"
+    #: ``minilm`` (offline ONNX, the default) or ``provider:<model>:<dim>`` (the OpenAI embeddings API).
+    cache_embedder: str = "minilm"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -331,6 +412,14 @@ class Settings:
             otel_resource_attributes=env.get("OTEL_RESOURCE_ATTRIBUTES") or "",
             otel_traces_sampler=(env.get("OTEL_TRACES_SAMPLER") or default.otel_traces_sampler).lower(),
             otel_traces_sampler_arg=_float(env, "OTEL_TRACES_SAMPLER_ARG", default.otel_traces_sampler_arg),
+            xray_trace_ids=_bool(env, "PRESSLINE_XRAY_TRACE_IDS", bool(env.get("AWS_LAMBDA_FUNCTION_NAME"))),
+            loki_url=(env.get("LOKI_URL") or "").rstrip("/") or None,
+            loki_queue_lines=_int(env, "PRESSLINE_LOKI_QUEUE_LINES", default.loki_queue_lines),
+            loki_flush_interval_s=_float(
+                env, "PRESSLINE_LOKI_FLUSH_INTERVAL_S", default.loki_flush_interval_s
+            ),
+            prometheus_local=_bool(env, "PRESSLINE_PROMETHEUS", default.prometheus_local),
+            prometheus_port=_int(env, "PRESSLINE_PROMETHEUS_PORT", default.prometheus_port),
             price_table_path=env.get("PRESSLINE_PRICE_TABLE") or None,
             cost_ledger_maxlen=_int(env, "PRESSLINE_COST_LEDGER_MAXLEN", default.cost_ledger_maxlen),
             cost_request_ttl_s=_int(env, "PRESSLINE_COST_REQUEST_TTL_S", default.cost_request_ttl_s),
@@ -353,4 +442,40 @@ class Settings:
             outbound_webhook_max_backoff_ms=_int(
                 env, "PRESSLINE_OUTBOUND_WEBHOOK_MAX_BACKOFF_MS", default.outbound_webhook_max_backoff_ms
             ),
+            pipeline_model=env.get("PRESSLINE_PIPELINE_MODEL") or default.pipeline_model,
+            pipeline_max_tokens=_int(env, "PRESSLINE_PIPELINE_MAX_TOKENS", default.pipeline_max_tokens),
+            pipeline_min_words=_int(env, "PRESSLINE_PIPELINE_MIN_WORDS", default.pipeline_min_words),
+            publish_max_retries=_int(env, "PRESSLINE_PUBLISH_MAX_RETRIES", default.publish_max_retries),
+            wordpress_local=_bool(env, "PRESSLINE_WORDPRESS", default.wordpress_local),
+            wordpress_port=_int(env, "PRESSLINE_WORDPRESS_PORT", default.wordpress_port),
+            wordpress_db_port=_int(env, "PRESSLINE_WORDPRESS_DB_PORT", default.wordpress_db_port),
+            wordpress_credentials_pattern=env.get("PRESSLINE_WORDPRESS_CREDENTIALS_PATTERN")
+            or default.wordpress_credentials_pattern,
+            wordpress_timeout_s=_float(env, "PRESSLINE_WORDPRESS_TIMEOUT_S", default.wordpress_timeout_s),
+            wordpress_attempts=_int(env, "PRESSLINE_WORDPRESS_ATTEMPTS", default.wordpress_attempts),
+            wordpress_backoff_base_s=_float(
+                env, "PRESSLINE_WORDPRESS_BACKOFF_BASE_S", default.wordpress_backoff_base_s
+            ),
+            wordpress_backoff_max_s=_float(
+                env, "PRESSLINE_WORDPRESS_BACKOFF_MAX_S", default.wordpress_backoff_max_s
+            ),
+            wordpress_rate_per_s=_float(env, "PRESSLINE_WORDPRESS_RATE_PER_S", default.wordpress_rate_per_s),
+            wordpress_rate_burst=_int(env, "PRESSLINE_WORDPRESS_RATE_BURST", default.wordpress_rate_burst),
+            wordpress_breaker_fail_max=_int(
+                env, "PRESSLINE_WORDPRESS_BREAKER_FAIL_MAX", default.wordpress_breaker_fail_max
+            ),
+            wordpress_breaker_reset_s=_float(
+                env, "PRESSLINE_WORDPRESS_BREAKER_RESET_S", default.wordpress_breaker_reset_s
+            ),
+            cache_enabled=_bool(env, "PRESSLINE_CACHE_ENABLED", default.cache_enabled),
+            cache_semantic=_bool(env, "PRESSLINE_CACHE_SEMANTIC", default.cache_semantic),
+            cache_ttl_s=_float(env, "PRESSLINE_CACHE_TTL_S", default.cache_ttl_s),
+            cache_route_ttl_s=_route_floats(env, "PRESSLINE_CACHE_ROUTE_TTLS"),
+            cache_threshold=_float(env, "PRESSLINE_CACHE_THRESHOLD", default.cache_threshold),
+            cache_route_threshold=_route_floats(env, "PRESSLINE_CACHE_ROUTE_THRESHOLDS"),
+            cache_max_temperature=_float(
+                env, "PRESSLINE_CACHE_MAX_TEMPERATURE", default.cache_max_temperature
+            ),
+            cache_qdrant_path=env.get("PRESSLINE_CACHE_QDRANT_PATH") or default.cache_qdrant_path,
+            cache_embedder=env.get("PRESSLINE_CACHE_EMBEDDER") or default.cache_embedder,
         )

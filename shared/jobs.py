@@ -2,12 +2,17 @@
 
 A record is a Redis hash with a TTL.  States move queued -> running -> succeeded, or through
 retrying back to running, or to failed (the message is then in its queue's dead-letter stream).
+
+The same hash is the job's *run record*: each stage's state, first start, finish, attempts and
+time spent running (``s.<stage>.<field>``), the trace id, the WordPress post it produced, and
+markers of the outcome events already sent.  One hash, so a read is one ``HGETALL``.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, cast
@@ -34,6 +39,38 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
+class StageState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # never ran: an earlier stage failed
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage of a job: its state, first start, finish, attempts and time spent running."""
+
+    name: str
+    state: StageState
+    attempts: int
+    started_at_ms: int | None
+    finished_at_ms: int | None
+    run_ms: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class PostRecord:
+    """The WordPress post a job wrote; ``publish_refused``: it asked to publish and was refused."""
+
+    post_id: int
+    link: str
+    status: str
+    publish_refused: bool = False
+
+
 @dataclass(frozen=True)
 class JobRecord:
     job_id: str
@@ -50,6 +87,10 @@ class JobRecord:
     input_ref: str | None
     output_ref: str | None
     cost_pico_usd: int = 0
+    site: str | None = None
+    trace_id: str | None = None
+    stages: tuple[StageRecord, ...] = ()
+    post: PostRecord | None = None
 
 
 def new_job_id() -> str:
@@ -78,8 +119,21 @@ class JobStore:
     def key(self, job_id: str) -> str:
         return f"{self.namespace}.job.{job_id}"
 
-    def create(self, job_id: str, *, tenant: str, kind: str, input_ref: str | None = None) -> bool:
-        """Create the record; False (and nothing changed) when the job already exists."""
+    def create(
+        self,
+        job_id: str,
+        *,
+        tenant: str,
+        kind: str,
+        input_ref: str | None = None,
+        stages: Sequence[str] = (),
+        site: str | None = None,
+    ) -> bool:
+        """Create the record; False (and nothing changed) when the job already exists.
+
+        ``stages`` names the job's stages in order, so the record lists them all (``queued``)
+        before any has run.
+        """
         now = current_millis()
         fields: dict[str, str | int] = {
             "job_id": job_id,
@@ -93,6 +147,10 @@ class JobStore:
         }
         if input_ref:
             fields["input_ref"] = input_ref
+        if stages:
+            fields["stages"] = ",".join(stages)
+        if site:
+            fields["site"] = site
         args: list[str | int] = [self.ttl_s]
         for name, value in fields.items():
             args += [name, value]
@@ -108,29 +166,92 @@ class JobStore:
             pipe.expire(self.key(job_id), self.ttl_s)
             pipe.execute()
 
-    def running(self, job_id: str, *, stage: str, attempt: int) -> None:
+    def running(self, job_id: str, *, stage: str, attempt: int, trace_id: str | None = None) -> None:
+        """A stage's message starts (``attempt`` is Dramatiq's count; every run is counted)."""
         now = current_millis()
         with self.client.pipeline(transaction=False) as pipe:
             key = self.key(job_id)
-            pipe.hset(key, mapping={"state": JobState.RUNNING.value, "stage": stage, "updated_at_ms": now})
+            pipe.hset(
+                key,
+                mapping={
+                    "state": JobState.RUNNING.value,
+                    "stage": stage,
+                    "updated_at_ms": now,
+                    _f(stage, "state"): StageState.RUNNING.value,
+                },
+            )
             pipe.hsetnx(key, "started_at_ms", now)
             pipe.hincrby(key, "attempts", 1)
             pipe.hsetnx(key, "created_at_ms", now)
+            pipe.hsetnx(key, _f(stage, "started_at_ms"), now)
+            pipe.hincrby(key, _f(stage, "attempts"), 1)
+            if trace_id:
+                pipe.hsetnx(key, "trace_id", trace_id)
             pipe.expire(key, self.ttl_s)
             pipe.execute()
-        del attempt  # the counter above counts every run, redeliveries included
+        del attempt  # the counters above count every run, redeliveries included
 
-    def retrying(self, job_id: str, *, error: str) -> None:
-        self._write(job_id, {"state": JobState.RETRYING.value, "last_error": error[:2000]})
+    def stage_succeeded(self, job_id: str, *, stage: str, run_ms: int = 0, last: bool = False) -> None:
+        """A stage finished; ``last``: it was the job's last stage, so the job succeeded too."""
+        now = current_millis()
+        fields: dict[str, str | int] = {
+            _f(stage, "state"): StageState.SUCCEEDED.value,
+            _f(stage, "finished_at_ms"): now,
+        }
+        if last:
+            fields.update(state=JobState.SUCCEEDED.value, finished_at_ms=now)
+        self._write(job_id, fields, incr={_f(stage, "run_ms"): run_ms})
+
+    def retrying(self, job_id: str, *, error: str, stage: str | None = None, run_ms: int = 0) -> None:
+        fields: dict[str, str | int] = {"state": JobState.RETRYING.value, "last_error": error[:2000]}
+        incr: dict[str, int] = {}
+        if stage:
+            fields[_f(stage, "state")] = StageState.RETRYING.value
+            fields[_f(stage, "error")] = error[:2000]
+            incr[_f(stage, "run_ms")] = run_ms
+        self._write(job_id, fields, incr=incr)
 
     def succeeded(self, job_id: str) -> None:
         self._write(job_id, {"state": JobState.SUCCEEDED.value, "finished_at_ms": current_millis()})
 
-    def failed(self, job_id: str, *, error: str) -> None:
+    def failed(self, job_id: str, *, error: str, stage: str | None = None, run_ms: int = 0) -> None:
+        """The job failed (in ``stage``): the stages that never ran are marked skipped."""
+        now = current_millis()
+        fields: dict[str, str | int] = {
+            "state": JobState.FAILED.value,
+            "last_error": error[:2000],
+            "finished_at_ms": now,
+        }
+        incr: dict[str, int] = {}
+        if stage:
+            fields[_f(stage, "state")] = StageState.FAILED.value
+            fields[_f(stage, "error")] = error[:2000]
+            fields[_f(stage, "finished_at_ms")] = now
+            incr[_f(stage, "run_ms")] = run_ms
+            record = self.get(job_id)
+            for other in record.stages if record else ():
+                if other.name != stage and other.state is StageState.QUEUED:
+                    fields[_f(other.name, "state")] = StageState.SKIPPED.value
+        self._write(job_id, fields, incr=incr)
+
+    def set_post(self, job_id: str, post: PostRecord) -> None:
+        """Record the WordPress post the job wrote (the same post on every retry)."""
         self._write(
             job_id,
-            {"state": JobState.FAILED.value, "last_error": error[:2000], "finished_at_ms": current_millis()},
+            {
+                "post_id": post.post_id,
+                "post_link": post.link,
+                "post_status": post.status,
+                "publish_refused": int(post.publish_refused),
+            },
         )
+
+    def event_sent(self, job_id: str, event_type: str) -> bool:
+        """Whether the outcome event ``event_type`` of the job was already enqueued."""
+        return bool(self.client.hexists(self.key(job_id), f"event.{event_type}"))
+
+    def mark_event_sent(self, job_id: str, event_type: str, webhook_id: str) -> None:
+        self._write(job_id, {f"event.{event_type}": webhook_id})
 
     def set_refs(self, job_id: str, *, input_ref: str | None = None, output_ref: str | None = None) -> None:
         fields: dict[str, str | int] = {
@@ -148,6 +269,14 @@ class JobStore:
         def opt_int(name: str) -> int | None:
             return int(f[name]) if f.get(name) else None
 
+        post = None
+        if f.get("post_id"):
+            post = PostRecord(
+                post_id=int(f["post_id"]),
+                link=f.get("post_link", ""),
+                status=f.get("post_status", ""),
+                publish_refused=f.get("publish_refused") == "1",
+            )
         return JobRecord(
             job_id=f.get("job_id", job_id),
             tenant=f.get("tenant", ""),
@@ -163,11 +292,50 @@ class JobStore:
             input_ref=f.get("input_ref") or None,
             output_ref=f.get("output_ref") or None,
             cost_pico_usd=int(f.get("cost_pico_usd", 0)),
+            site=f.get("site") or None,
+            trace_id=f.get("trace_id") or None,
+            stages=_stages(f),
+            post=post,
         )
 
-    def _write(self, job_id: str, fields: dict[str, str | int]) -> None:
+    def _write(
+        self, job_id: str, fields: dict[str, str | int], *, incr: dict[str, int] | None = None
+    ) -> None:
         fields = {**fields, "updated_at_ms": current_millis()}
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hset(self.key(job_id), mapping=cast(dict[Any, Any], fields))
+            for name, amount in (incr or {}).items():
+                pipe.hincrby(self.key(job_id), name, amount)
             pipe.expire(self.key(job_id), self.ttl_s)
             pipe.execute()
+
+
+def _f(stage: str, name: str) -> str:
+    """The hash field of one stage's ``name`` (stage names never contain '.')."""
+    return f"s.{stage}.{name}"
+
+
+def _stages(f: dict[str, str]) -> tuple[StageRecord, ...]:
+    """The declared stages in order, then any other stage that ran, by first start."""
+    declared = [name for name in f.get("stages", "").split(",") if name]
+    seen = {key.split(".")[1] for key in f if key.startswith("s.") and key.count(".") >= 2}
+    extra = sorted(seen - set(declared), key=lambda n: int(f.get(_f(n, "started_at_ms")) or 0))
+    records = []
+    for name in (*declared, *extra):
+
+        def opt_int(field: str, name: str = name) -> int | None:
+            value = f.get(_f(name, field))
+            return int(value) if value else None
+
+        records.append(
+            StageRecord(
+                name=name,
+                state=StageState(f.get(_f(name, "state"), StageState.QUEUED.value)),
+                attempts=int(f.get(_f(name, "attempts"), 0)),
+                started_at_ms=opt_int("started_at_ms"),
+                finished_at_ms=opt_int("finished_at_ms"),
+                run_ms=int(f.get(_f(name, "run_ms"), 0)),
+                last_error=f.get(_f(name, "error")) or None,
+            )
+        )
+    return tuple(records)

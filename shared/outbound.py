@@ -14,6 +14,7 @@ The signing secret never enters a message, a log line or an error: the worker re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -45,6 +46,7 @@ __all__ = [
     "new_event",
     "publish_event",
     "redact_url",
+    "stable_msg_id",
 ]
 
 log = logging.getLogger("pressline.outbound")
@@ -81,6 +83,11 @@ def new_event(event_type: str, data: Mapping[str, Any], *, now: datetime | None 
 
 def new_msg_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
+
+
+def stable_msg_id(*parts: str) -> str:
+    """A ``webhook-id`` derived from what identifies the event (a job and its outcome)."""
+    return "msg_" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
 def body_of(event: Mapping[str, Any]) -> bytes:
@@ -218,18 +225,23 @@ def publish_event(
     *,
     urls: Sequence[str] | None = None,
     options: Mapping[str, Any] | None = None,
+    msg_id: str | None = None,
 ) -> str | None:
     """Enqueue the event's delivery to each URL (``Settings.outbound_webhook_urls`` by default).
 
     No HTTP here: the caller only writes to Redis. Returns the event's ``webhook-id``, or None when
     no endpoint is configured. Each message carries an idempotency key, so a delivery that
     succeeded is not repeated when its message is redelivered after a worker crash.
+
+    ``msg_id`` (default: a new one) lets a caller that may publish the same event twice (a job's
+    outcome, after a crash) give both the same ``webhook-id``: the second delivery is then skipped
+    by the worker, or else deduplicated by the receiver.
     """
     targets = tuple(Settings.from_env().outbound_webhook_urls if urls is None else urls)
     if not targets:
         return None
     event = new_event(event_type, data)
-    msg_id = new_msg_id()
+    msg_id = msg_id or new_msg_id()
     broker.declare_queue(QUEUE)
     for index, url in enumerate(targets):
         message: Message[Any] = Message(

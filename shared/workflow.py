@@ -48,7 +48,9 @@ def submit_workflow(
     ``options`` travel on every stage's message (the site, the publish gate, ...).  With an
     ``idempotency_key`` each stage's effect is applied at most once for it.
     """
-    if not jobs.create(job_id, tenant=tenant, kind=WORKFLOW):
+    stages = [stage.actor_name for stage in STAGES]
+    site = (options or {}).get("site")
+    if not jobs.create(job_id, tenant=tenant, kind=WORKFLOW, stages=stages, site=site):
         return job_id  # submitted before (a retried webhook or request): nothing more to do
     messages: list[Message[Any]] = []
     for index, stage in enumerate(STAGES):

@@ -11,6 +11,7 @@ import redis
 
 from infra.redis_server import free_port, start_redis, stop_process
 from localstack.endpoint import Endpoint, ensure_endpoint
+from tests.support.wordpress import wordpress  # noqa: F401 - the session's local WordPress
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +36,11 @@ def redis_url(redis_server: str) -> str:
 
 @pytest.fixture(scope="session")
 def aws_endpoint() -> Iterator[Endpoint]:
-    """The local AWS endpoint on 4566 (moto's server unless a LocalStack already runs there)."""
-    endpoint = ensure_endpoint()
+    """The local AWS endpoint on 4566 (moto's server unless a LocalStack already runs there).
+
+    ``PRESSLINE_TEST_AWS_PORT`` moves it, so two suites on one machine do not share (and stop) one.
+    """
+    endpoint = ensure_endpoint(port=int(os.environ.get("PRESSLINE_TEST_AWS_PORT", "4566")))
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ["AWS_ENDPOINT_URL"] = endpoint.url
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")

@@ -107,6 +107,7 @@ def test_deploy_creates_role_function_and_api(deployed: dict[str, Any], settings
     assert deployed["first"]["actions"] == {
         "default-role": "created",
         "api_handler": "created",
+        "stream": "created",
         "rest_api": "created",
     }
 
@@ -135,6 +136,29 @@ def test_deploy_creates_role_function_and_api(deployed: dict[str, Any], settings
     assert [s["stageName"] for s in gateway.get_stages(restApiId=api_id)["item"]] == ["api"]
 
 
+def test_the_stream_function_has_a_streaming_function_url(
+    deployed: dict[str, Any], settings: Settings
+) -> None:
+    """Same code and role as the API handler; its exec wrapper is the streaming runtime."""
+    lam = aws_client("lambda", settings)
+    name = f"pressline-{deployed['stage']}-stream"
+    fn = lam.get_function_configuration(FunctionName=name)
+    api = lam.get_function_configuration(FunctionName=f"pressline-{deployed['stage']}")
+    assert (
+        fn["Handler"] == "app.stream" and fn["Role"] == api["Role"] and fn["CodeSha256"] == api["CodeSha256"]
+    )
+    assert fn["Timeout"] == 300
+    assert (
+        fn["Environment"]["Variables"]["AWS_LAMBDA_EXEC_WRAPPER"] == "/var/task/pressline-streaming-runtime"
+    )
+    url = lam.get_function_url_config(FunctionName=name)
+    assert url["InvokeMode"] == "RESPONSE_STREAM" and url["AuthType"] == "NONE"
+    described = {f["name"]: f for f in deployed["first"]["functions"]}
+    assert described[name]["function_url"] == url["FunctionUrl"]
+    assert described[name]["invoke_mode"] == "RESPONSE_STREAM"
+    assert "function_url" not in described[f"pressline-{deployed['stage']}"]
+
+
 def test_redeploy_updates_in_place(
     deployed: dict[str, Any], settings: Settings, aws_endpoint: Endpoint, work: dict[str, Path]
 ) -> None:
@@ -149,7 +173,7 @@ def test_redeploy_updates_in_place(
             f["FunctionName"]
             for page in lam.get_paginator("list_functions").paginate()
             for f in page["Functions"]
-            if f["FunctionName"] == name
+            if f["FunctionName"] in (name, f"{name}-stream")
         ]
         roles = [
             r["RoleName"]
@@ -162,11 +186,18 @@ def test_redeploy_updates_in_place(
     before = inventory()
     second = json.loads(run_deploy(aws_endpoint.url, *deployed["args"], "--json").stdout)
     assert inventory() == before
-    assert before[1] == [name] and before[2] == [name]
-    assert second["actions"] == {"default-role": "updated", "api_handler": "updated", "rest_api": "updated"}
+    assert sorted(before[1]) == [name, f"{name}-stream"] and before[2] == [name]
+    assert second["actions"] == {
+        "default-role": "updated",
+        "api_handler": "updated",
+        "stream": "updated",
+        "rest_api": "updated",
+    }
     assert second["api"]["id"] == deployed["first"]["api"]["id"]
     assert [f["arn"] for f in second["functions"]] == [f["arn"] for f in deployed["first"]["functions"]]
-    assert len(read_state(work["work"] / "project", deployed["stage"])) == 3
+    assert len(read_state(work["work"] / "project", deployed["stage"])) == 4
+    url = lam.get_function_url_config(FunctionName=f"{name}-stream")
+    assert url["FunctionUrl"] == {f["name"]: f for f in second["functions"]}[f"{name}-stream"]["function_url"]
 
 
 def test_human_output_names_what_was_deployed(deployed: dict[str, Any], aws_endpoint: Endpoint) -> None:
@@ -176,6 +207,7 @@ def test_human_output_names_what_was_deployed(deployed: dict[str, Any], aws_endp
     assert deployed["first"]["api"]["id"] in out
     assert "/v1/webhooks/wordpress/{site}" in out
     assert "execute-api" in out  # the stage URL
+    assert "(RESPONSE_STREAM)" in out  # the stream function's URL
 
 
 def test_functions_dir_is_left_alone(deployed: dict[str, Any]) -> None:
@@ -221,6 +253,9 @@ def test_package_puts_shared_inside_the_artifact(
             assert path in names
             assert zf.read(path) == (ROOT / path).read_bytes()
         assert any(n.startswith("pydantic_core/") for n in names)  # requirements.txt was bundled
+        wrapper = zf.getinfo("pressline-streaming-runtime")  # the stream function's exec wrapper
+        assert (wrapper.external_attr >> 16) & 0o111, "the exec wrapper must stay executable"
+        assert "shared/api/streaming_runtime.py" in names
     sam = json.loads((out / "sam.json").read_text())
     handler = sam["Resources"]["APIHandler"]
     assert handler["Type"] == "AWS::Serverless::Function"

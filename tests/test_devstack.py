@@ -185,7 +185,11 @@ def test_run_then_ctrl_c_stops_everything(start_stack: StartStack) -> None:
     assert Path(str(config["dir"])) == (stack.data_dir / "redis").resolve()
     redis_pid = int(client.info("server")["process_id"])
 
-    children = descendants(stack.process.pid)
+    # The stack's processes: those seen twice half a second apart (a check's short-lived
+    # subprocess may come and go in between).
+    first = descendants(stack.process.pid)
+    time.sleep(0.5)
+    children = [pid for pid in descendants(stack.process.pid) if pid in first]
     assert redis_pid in children
     moto_pids = [pid for pid in children if "moto.server" in cmdline(pid)]
     assert len(moto_pids) == 1 and answers(aws_url)

@@ -333,4 +333,12 @@ def test_the_openapi_document_is_served_and_matches_the_checked_in_copy(api: str
     served = httpx.get(f"{api}/v1/openapi.json").json()
     checked_in = json.loads((Path(__file__).parents[1] / "functions" / "openapi.json").read_text())
     assert served == checked_in
-    assert set(served["paths"]) == {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/webhooks/wordpress/{site}"}
+    assert set(served["paths"]) == {
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/webhooks/wordpress/{site}",
+        "/v1/prompts",
+        "/v1/prompts/{name}",
+        "/v1/prompts/{name}/versions",
+        "/v1/prompts/{name}/rollback",
+    }

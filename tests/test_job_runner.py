@@ -232,14 +232,28 @@ def test_job_records_follow_success_retries_and_failure(settings: Settings) -> N
 
 
 def test_a_workflow_runs_through_the_four_stage_queues(settings: Settings, tmp_path: Path) -> None:
-    """What `make run` suggests trying: submit a job and watch it finish."""
-    main = start_workers(
-        settings.broker_url,
-        module="workers.app",
-        queues=("ingest", "infer", "post-process", "publish"),
-        threads=2,
-        log=tmp_path / "workers.log",
-    )
+    """What `make run` suggests trying: submit a job and watch it finish (infer asks the fake LLM)."""
+    from bench.fake_provider import ROUTING_POLICY, running_fake_provider
+    from localstack.bootstrap import bootstrap
+
+    bootstrap(settings)  # the provider keys the proxy core reads
+    policy = tmp_path / "routing.json"
+    policy.write_text(json.dumps(ROUTING_POLICY))
+    with running_fake_provider(in_thread=True) as fake:
+        main = start_workers(
+            settings.broker_url,
+            module="workers.app",
+            queues=("ingest", "infer", "post-process", "publish"),
+            threads=2,
+            log=tmp_path / "workers.log",
+            PRESSLINE_OPENAI_BASE_URL=f"{fake}/openai/v1",
+            PRESSLINE_GROQ_BASE_URL=f"{fake}/groq/openai/v1",
+            PRESSLINE_ROUTING_POLICY=str(policy),
+        )
+        _submit_and_check(settings, main)
+
+
+def _submit_and_check(settings: Settings, main: subprocess.Popen[bytes]) -> None:
     try:
         worker_children(main, 1)
         tenant = f"t{uuid.uuid4().hex[:6]}"
@@ -264,11 +278,12 @@ def test_a_workflow_runs_through_the_four_stage_queues(settings: Settings, tmp_p
         assert done.returncode == 0, done.stdout + done.stderr
         record = json.loads(done.stdout.split("\n", 1)[1])
         assert (record["state"], record["stage"], record["tenant"]) == ("succeeded", "publish", tenant)
+        assert record["cost_pico_usd"] > 0  # the LLM call was charged to the job
         objects = aws_client("s3", settings).list_objects_v2(
             Bucket=settings.payload_bucket, Prefix=f"{tenant}/jobs/{record['job_id']}/"
         )
         stages = sorted(o["Key"].rsplit("/", 1)[1].split("-")[0] for o in objects.get("Contents", []))
-        assert stages == ["infer", "ingest", "post_process", "publish"]
+        assert stages == ["infer", "ingest", "input.json", "post_process", "publish"]
     finally:
         stop_workers(main)
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from bench.fake_provider import ROUTING_POLICY as POLICY
-from bench.fake_provider import fake_stats, running_fake_provider, set_fake_state
+from bench.fake_provider import fake_stats, provider_env, running_fake_provider, set_fake_state
 from localstack.bootstrap import bootstrap
 from localstack.endpoint import Endpoint
 from shared.auth import TokenStore
@@ -23,7 +23,9 @@ from shared.config import Settings
 from shared.cost.budget import BudgetGuard, Period, worst_case_cost
 from shared.cost.ledger import CostLedger
 from shared.cost.prices import PriceTable, Usage
-from shared.proxy.routing import Route, Target
+from shared.proxy.providers.openai import OpenAIProvider
+from shared.proxy.routing import Route, Target, Timeouts
+from shared.proxy.upstream import UpstreamError, UpstreamStream
 from tests.support.api import ensure_bucket, streaming_server
 
 
@@ -44,9 +46,7 @@ def proxy(
     ensure_bucket(settings)
     bootstrap(settings)  # provider keys in Secrets Manager
     env = {
-        "PRESSLINE_OPENAI_BASE_URL": f"{fake}/openai/v1",
-        "PRESSLINE_ANTHROPIC_BASE_URL": f"{fake}/anthropic",
-        "PRESSLINE_GROQ_BASE_URL": f"{fake}/groq/openai/v1",
+        **provider_env(fake),
         "PRESSLINE_ROUTING_POLICY": str(policy),
         "PRESSLINE_PROXY_KEEPALIVE_S": "0.3",
         "PRESSLINE_PROXY_ATTEMPTS": "2",
@@ -243,6 +243,30 @@ def test_a_stall_ends_the_stream_with_an_error_event_within_the_idle_timeout(
     assert received == 3
     assert 1.0 <= elapsed < 3.0  # the idle timeout (1 s here), not the 20 s stall
     assert "sent nothing" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("first_token_s", "idle_s"),
+    [(0.4, 0.2), (0.4, 1.0)],  # first event read in the request thread; and by the reader thread
+    ids=["inline", "threaded"],
+)
+def test_a_slow_first_token_times_out_at_first_token_s_and_is_retryable(
+    fake: str, first_token_s: float, idle_s: float
+) -> None:
+    provider = OpenAIProvider(f"{fake}/openai/v1")
+    request = provider.request(
+        {"model": "gpt-4o-mini::first_token_ms=3000", "messages": USER, "stream": True}, "k"
+    )
+    timeouts = Timeouts(connect_s=2, first_token_s=first_token_s, idle_s=idle_s, total_s=30)
+    with httpx.Client() as client:
+        started = time.monotonic()
+        stream = UpstreamStream(client, request, timeouts, keepalive_s=0.1)
+        with pytest.raises(UpstreamError) as caught:
+            while True:
+                stream.next_event()  # keep-alives (threaded) until the first-token deadline
+        waited = time.monotonic() - started
+    assert caught.value.kind == "first_token_timeout" and caught.value.retryable
+    assert first_token_s * 0.9 <= waited < first_token_s + 0.5
 
 
 def test_a_client_disconnect_closes_the_upstream_connection(proxy: str, token: str, fake: str) -> None:

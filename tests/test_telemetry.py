@@ -453,3 +453,221 @@ def test_exposition_serves_dramatiq_metrics_and_queue_health(redis_url: str, tmp
             os.killpg(workers.pid, signal.SIGKILL)
             raise
         assert code == 0, log.read_text()[-5000:]
+
+
+def _wait_for(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_gauges_show_messages_stuck_on_a_killed_worker_until_they_are_recovered(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """kill -9 one worker tree mid-message: another tree's exposition keeps reporting the stuck
+    messages as pending, with a growing age, until a live consumer recovers them; the restarted
+    tree's in-progress gauge does not keep counting the dead process's messages."""
+    import redis as redis_lib
+
+    from tests.support.workers import start_workers, stop_workers, worker_children
+    from tests.telemetry_actors import HOLD_QUEUE, QUEUE
+
+    client = redis_lib.Redis.from_url(redis_url)
+    client.set("hold", 1)
+    common = dict(
+        PRESSLINE_NAMESPACE="kill-test",
+        PRESSLINE_CONSUMER_DEAD_AFTER_MS="3000",
+        dramatiq_prom_host="127.0.0.1",
+    )
+    victim_db, victim_port = tmp_path / "victim-db", free_port()
+    observer_port = free_port()
+
+    def victim() -> subprocess.Popen[bytes]:
+        return start_workers(
+            redis_url, module="tests.telemetry_actors", queues=(HOLD_QUEUE,), processes=1, threads=4,
+            log=tmp_path / "victim.log", dramatiq_prom_db=str(victim_db), dramatiq_prom_port=str(victim_port),
+            **common,
+        )  # fmt: skip
+
+    observer = start_workers(
+        redis_url, module="tests.telemetry_actors", queues=(QUEUE,), processes=1, threads=1,
+        log=tmp_path / "observer.log", dramatiq_prom_db=str(tmp_path / "observer-db"),
+        dramatiq_prom_port=str(observer_port), **common,
+    )  # fmt: skip
+    first = victim()
+    second: subprocess.Popen[bytes] | None = None
+    producer = RedisStreamsBroker(url=redis_url, namespace="kill-test", middleware=[])
+    producer.declare_queue(HOLD_QUEUE)
+    queue = frozenset({("queue_name", HOLD_QUEUE)})
+    labels = frozenset({("queue_name", HOLD_QUEUE), ("actor_name", "hold")})
+    observed = f"http://127.0.0.1:{observer_port}/metrics"
+    victim_url = f"http://127.0.0.1:{victim_port}/metrics"
+
+    def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        try:
+            return _scrape(url)
+        except OSError:
+            return {}
+
+    try:
+        for n in range(3):
+            producer.enqueue(
+                Message(queue_name=HOLD_QUEUE, actor_name="hold", args=(n,), kwargs={}, options={})
+            )
+        _wait_for(lambda: client.llen("held:started") == 3, 30, "three messages started")
+        inprogress = ("dramatiq_messages_inprogress", labels)
+        _wait_for(lambda: scrape(victim_url).get(inprogress) == 3, 30, "in-progress 3")
+        os.kill(worker_children(first, 1)[0], signal.SIGKILL)
+        first.wait(30)  # its main process stops the rest of the tree, exposition included
+
+        samples = scrape(observed)
+        assert samples[("pressline_queue_pending", queue)] == 3
+        age = samples[("pressline_queue_oldest_pending_age_seconds", queue)]
+        time.sleep(1.0)
+        samples = scrape(observed)
+        assert samples[("pressline_queue_pending", queue)] == 3  # still stuck, still shown
+        assert samples[("pressline_queue_oldest_pending_age_seconds", queue)] >= age + 0.9
+
+        client.delete("hold")
+        second = victim()  # the same tree restarted: recovers them once the dead consumer's heartbeat expires
+        _wait_for(lambda: client.llen("held:done") == 3, 60, "the stuck messages to be recovered and run")
+        _wait_for(lambda: scrape(observed).get(("pressline_queue_pending", queue)) == 0, 30, "pending 0")
+        assert scrape(observed)[("pressline_queue_oldest_pending_age_seconds", queue)] == 0
+        # The killed process never marked itself dead; its in-progress count must not linger.
+        _wait_for(lambda: scrape(victim_url).get(inprogress) == 0, 30, "in-progress 0")
+    finally:
+        producer.close()
+        for tree in (second, observer):
+            if tree is not None:
+                stop_workers(tree)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+
+
+# -- shipping to Loki --------------------------------------------------------------------------
+
+
+class _LokiPush:
+    """A local receiver of Loki's push API (``POST /loki/api/v1/push``, JSON); ``stall`` holds requests."""
+
+    def __init__(self, stall: bool = False) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.streams: list[dict[str, Any]] = []
+        self.release = threading.Event()
+        if not stall:
+            self.release.set()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                outer.release.wait(30)
+                ok = self.path == "/loki/api/v1/push" and self.headers["content-type"] == "application/json"
+                if ok:
+                    outer.streams.extend(body["streams"])
+                self.send_response(204 if ok else 400)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_log_lines_reach_loki_with_low_cardinality_labels_and_the_trace_id_in_the_line() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from shared.telemetry.logging import JsonFormatter, RedactSecrets, TraceContext
+    from shared.telemetry.loki import LokiHandler
+
+    receiver = _LokiPush()
+    registry = CollectorRegistry()
+    handler = LokiHandler(receiver.url, "pressline-test", flush_interval_s=0.05, registry=registry)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(TraceContext())
+    handler.addFilter(RedactSecrets())
+    logger = logging.getLogger("pressline.test.loki")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    provider, _ = _provider()
+    try:
+        with provider.get_tracer("test").start_as_current_span("job") as span:
+            logger.info("stage done", extra={"job_id": "j1", "api_key": "sk-live-123456789012"})
+            logger.error("stage failed")
+        assert handler.drain(10)
+        trace_id = _hex(span.get_span_context().trace_id)
+        labels = [stream["stream"] for stream in receiver.streams]
+        assert {"service": "pressline-test", "level": "info"} in labels
+        assert {"service": "pressline-test", "level": "error"} in labels
+        lines = [json.loads(line) for stream in receiver.streams for _, line in stream["values"]]
+        assert {line["message"] for line in lines} == {"stage done", "stage failed"}
+        assert all(line["trace_id"] == trace_id and len(line["span_id"]) == 16 for line in lines)
+        done = next(line for line in lines if line["message"] == "stage done")
+        assert done["job_id"] == "j1" and done["api_key"] == REDACTED
+        stamps = [int(ts) for stream in receiver.streams for ts, _ in stream["values"]]
+        assert all(abs(ts / 1e9 - time.time()) < 60 for ts in stamps)  # nanoseconds, as Loki wants
+        assert registry.get_sample_value("pressline_log_lines_shipped_total") == 2
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        receiver.close()
+
+
+def test_a_stalled_loki_never_blocks_logging_and_drops_are_counted() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from shared.telemetry.loki import LokiHandler
+
+    receiver = _LokiPush(stall=True)
+    registry = CollectorRegistry()
+    handler = LokiHandler(
+        receiver.url, "pressline-test", max_queue=10, flush_interval_s=0.01, registry=registry
+    )
+    logger = logging.getLogger("pressline.test.loki.stall")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("first")  # taken by the sender, whose push then hangs on the stalled receiver
+        _deadline = time.monotonic() + 5
+        while handler._queue.qsize() and time.monotonic() < _deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        for n in range(1000):
+            logger.warning("line %d", n)
+        assert time.monotonic() - started < 1.0  # 1000 lines while Loki hangs: no waiting on it
+        dropped = registry.get_sample_value("pressline_log_lines_dropped_total", {"reason": "queue_full"})
+        assert dropped == 990  # the queue holds 10
+        receiver.release.set()
+        assert handler.drain(10)
+        assert registry.get_sample_value("pressline_log_lines_shipped_total") == 11
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        receiver.close()
+
+
+def test_configure_logging_ships_to_loki_when_loki_url_is_set(log_stream: io.StringIO) -> None:
+    from shared.telemetry.loki import LokiHandler
+
+    receiver = _LokiPush()
+    try:
+        configure_logging(Settings(loki_url=receiver.url, otel_service_name="pressline-api"), io.StringIO())
+        shipping = [h for h in logging.getLogger().handlers if isinstance(h, LokiHandler)]
+        assert len(shipping) == 1 and shipping[0].service == "pressline-api"
+        logging.getLogger("pressline.test").warning("to both")
+        assert shipping[0].drain(10)
+        assert [json.loads(v[1])["message"] for s in receiver.streams for v in s["values"]] == ["to both"]
+        shipping[0].close()
+    finally:
+        receiver.close()

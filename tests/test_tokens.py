@@ -139,8 +139,13 @@ def test_error_messages_carry_no_token(store: TokenStore) -> None:
 
 
 def test_scopes_per_role() -> None:
-    assert scopes_for("reader") == {"jobs:read"}
-    assert scopes_for("editor") == {"jobs:read", "jobs:write", "content:draft", "proxy:invoke"}
+    assert scopes_for("reader") == {"jobs:read", "prompts:read"}
+    assert scopes_for("editor") == scopes_for("reader") | {
+        "jobs:write",
+        "content:draft",
+        "proxy:invoke",
+        "prompts:write",
+    }
     assert scopes_for("publisher") == scopes_for("editor") | {"content:publish"}
     assert scopes_for("admin") == scopes_for("publisher") | {"tokens:admin"}
     with pytest.raises(ValueError):

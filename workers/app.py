@@ -28,6 +28,7 @@ from shared.config import Settings
 from shared.idempotency import IdempotencyStore
 from shared.jobs import JobStore
 from shared.payloads import PayloadStore
+from shared.pipeline.events import emit_outcome
 from shared.redis_client import redis_client
 from shared.streams import RedisStreamsBroker
 from shared.telemetry.logging import configure_logging
@@ -36,8 +37,8 @@ from shared.telemetry.tracing import configure_tracing
 
 from .middleware.archive import Archive
 from .middleware.idempotency import Idempotency
-from .middleware.job_state import JobState
-from .middleware.prometheus import Prometheus
+from .middleware.job_state import JobState, OnFinished
+from .middleware.prometheus import Prometheus, job_finished
 
 
 def build_middleware(
@@ -50,7 +51,7 @@ def build_middleware(
 
     Before-hooks run top to bottom and after-hooks bottom to top: metrics and the trace span wrap
     everything, idempotency skips a finished message before any work, and the job record and
-    archive see Retries' verdict.
+    archive see Retries' verdict; the job record is written before Pipelines sends the next stage.
     """
     jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
     return [
@@ -61,16 +62,29 @@ def build_middleware(
         ShutdownNotifications(),
         CurrentMessage(),
         Idempotency(IdempotencyStore(client, settings.namespace, settings.idempotency_ttl_s)),
-        JobState(jobs),
         Archive(payloads, jobs),
         Callbacks(),
         Pipelines(),
+        # After Pipelines: a stage is recorded done before its next stage is enqueued (and can
+        # finish the job); before Retries: it sees whether Retries gave up on the message.
+        JobState(jobs, on_finished=outcome_events(settings, jobs)),
         Retries(
             max_retries=settings.max_retries,
             min_backoff=settings.min_backoff_ms,
             max_backoff=settings.max_backoff_ms,
         ),
     ]
+
+
+def outcome_events(settings: Settings, jobs: JobStore) -> OnFinished:
+    """A job's ``run.completed`` / ``run.failed`` event to the outbound webhook endpoints."""
+    urls = settings.outbound_webhook_urls
+
+    def on_finished(broker: dramatiq.Broker, job_id: str, kind: str) -> str | None:
+        job_finished(kind)  # pressline_jobs_finished_total{outcome}
+        return emit_outcome(broker, jobs, job_id, kind, urls)
+
+    return on_finished
 
 
 def build_broker(settings: Settings, tracer_provider: TracerProvider | None = None) -> RedisStreamsBroker:

@@ -8,6 +8,7 @@ Retry budget and backoff are the ``PRESSLINE_OUTBOUND_WEBHOOK_*`` settings, not 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import dramatiq
@@ -17,6 +18,7 @@ from shared.aws import aws_client
 from shared.config import Settings
 from shared.errors import PermanentError
 from shared.outbound import ACTOR, QUEUE, OutboundSecret, deliver
+from shared.telemetry.webhook_metrics import webhook_metrics
 
 settings = Settings.from_env()
 
@@ -54,12 +56,21 @@ def _client_and_secret() -> tuple[httpx.Client, OutboundSecret]:
 def deliver_webhook(url: str, event: dict[str, Any], msg_id: str) -> None:
     """Deliver one event to one endpoint (the same ``msg_id`` on every attempt)."""
     client, secret = _client_and_secret()
-    deliver(
-        url,
-        event,
-        msg_id,
-        secret.get(),
-        timeout=settings.outbound_webhook_timeout_s,
-        client=client,
-        max_retry_after_s=settings.outbound_webhook_max_backoff_ms / 1000,
-    )
+    metrics, outcome, started = webhook_metrics(), "retry", time.monotonic()
+    try:
+        deliver(
+            url,
+            event,
+            msg_id,
+            secret.get(),
+            timeout=settings.outbound_webhook_timeout_s,
+            client=client,
+            max_retry_after_s=settings.outbound_webhook_max_backoff_ms / 1000,
+        )
+        outcome = "delivered"
+    except PermanentError:
+        outcome = "rejected"
+        raise
+    finally:  # delivery health: pressline_outbound_webhook_deliveries_total{event_type,outcome}
+        metrics.delivery_seconds.observe(time.monotonic() - started)
+        metrics.deliveries.labels(str(event.get("type", "unknown")), outcome).inc()

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from shared.jobs import JobStore
 from shared.sites import SITE_ID, SiteRegistry
+from shared.telemetry.webhook_metrics import webhook_metrics
 from shared.webhooks import (
     ReplayGuard,
     SecretsUnavailableError,
@@ -74,6 +75,16 @@ class WebhookIntake:
         self.clock = clock
 
     def receive(self, site_id: str, headers: Mapping[str, str], body: bytes | None) -> ApiResponse:
+        """Counted by outcome (``pressline_webhooks_received_total``) whatever the answer."""
+        try:
+            response = self._receive(site_id, headers, body)
+        except ApiError as e:
+            webhook_metrics().received.labels(e.code).inc()
+            raise
+        webhook_metrics().received.labels(str(response.body.get("status", response.status))).inc()
+        return response
+
+    def _receive(self, site_id: str, headers: Mapping[str, str], body: bytes | None) -> ApiResponse:
         raw = body or b""
         if len(raw) > self.max_body_bytes:
             raise ApiError(413, "payload_too_large", f"the body is larger than {self.max_body_bytes} bytes")
@@ -103,6 +114,7 @@ class WebhookIntake:
         try:
             verify(secrets, headers, raw, now=self.clock(), tolerance_s=self.tolerance_s)
         except WebhookVerificationError as e:
+            webhook_metrics().verification_failures.labels(e.reason).inc()
             raise ApiError(
                 401,
                 "invalid_signature",

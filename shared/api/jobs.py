@@ -9,7 +9,7 @@ from decimal import Decimal
 import dramatiq
 
 from shared.auth import Principal, Scope
-from shared.jobs import JobRecord, JobStore, new_job_id, valid_job_id
+from shared.jobs import JobRecord, JobStore, StageRecord, new_job_id, valid_job_id
 from shared.request_idempotency import (
     InFlight,
     InvalidIdempotencyKeyError,
@@ -18,11 +18,12 @@ from shared.request_idempotency import (
     RequestIdempotency,
     fingerprint,
 )
+from shared.sites import SiteRegistry
 from shared.workflow import submit_workflow
 
 from .errors import ApiError
 from .guard import Guard
-from .models import JobAccepted, JobCost, JobRequest, JobView
+from .models import JobAccepted, JobCost, JobRequest, JobView, PostView, StageView
 from .parsing import parse_body
 from .responses import ApiResponse
 
@@ -38,6 +39,7 @@ class JobsApi:
       guard(Guard)
       idempotency(RequestIdempotency): ``Idempotency-Key`` handling (Stripe's semantics).
       max_body_bytes(int)
+      sites(SiteRegistry): Which tenant owns a site (default: the registry in the jobs' Redis).
     """
 
     def __init__(
@@ -47,12 +49,14 @@ class JobsApi:
         guard: Guard,
         idempotency: RequestIdempotency,
         max_body_bytes: int,
+        sites: SiteRegistry | None = None,
     ) -> None:
         self.broker = broker
         self.jobs = jobs
         self.guard = guard
         self.idempotency = idempotency
         self.max_body_bytes = max_body_bytes
+        self.sites = sites or SiteRegistry(jobs.client, jobs.namespace)
 
     def create(
         self,
@@ -68,6 +72,15 @@ class JobsApi:
             raise ApiError(403, "forbidden", "creating content needs the content:draft scope")
         if request.publish and not principal.has(Scope.CONTENT_PUBLISH):
             raise ApiError(403, "forbidden", "publishing needs the content:publish scope")
+        if request.site is not None:
+            site = self.sites.get(request.site)
+            if site is None or site.tenant != principal.tenant:  # another tenant's site is not named
+                raise ApiError(
+                    422,
+                    "unknown_site",
+                    "there is no such site",
+                    details=[{"field": "site", "problem": "not registered"}],
+                )
         if idempotency_key is None:
             return self._submit(principal, request)
         return self._submit_once(principal, request, idempotency_key)
@@ -117,7 +130,7 @@ class JobsApi:
         submit_workflow(
             self.broker,
             self.jobs,
-            request.input.model_dump(),
+            request.input.model_dump(exclude_none=True),
             job_id=job_id,
             tenant=principal.tenant,
             options=options,
@@ -151,6 +164,31 @@ def view(record: JobRecord) -> JobView:
         input_ref=record.input_ref,
         result_ref=record.output_ref,
         cost=JobCost(usd=usd(record.cost_pico_usd), pico_usd=record.cost_pico_usd),
+        site=record.site,
+        trace_id=record.trace_id,
+        stages=[stage_view(stage) for stage in record.stages],
+        post=None
+        if record.post is None
+        else PostView(
+            id=record.post.post_id,
+            link=record.post.link,
+            status=record.post.status,
+            publish_refused=record.post.publish_refused,
+        ),
+    )
+
+
+def stage_view(stage: StageRecord) -> StageView:
+    started, finished = stage.started_at_ms, stage.finished_at_ms
+    return StageView(
+        name=stage.name,
+        state=stage.state.value,
+        attempts=stage.attempts,
+        started_at=_iso(started) if started else None,
+        finished_at=_iso(finished) if finished else None,
+        duration_ms=finished - started if started and finished else None,
+        run_ms=stage.run_ms,
+        last_error=stage.last_error,
     )
 
 

@@ -20,6 +20,9 @@ class Strict(BaseModel):
 class JobInput(Strict):
     title: Annotated[Text, StringConstraints(max_length=200)]
     source: Annotated[Text, StringConstraints(max_length=20_000)]
+    hints: Annotated[Text, StringConstraints(max_length=1_000)] | None = Field(
+        default=None, description="Notes for the writer: audience, tone, length, angle"
+    )
 
 
 class JobRequest(Strict):
@@ -45,6 +48,24 @@ class JobCost(Strict):
     pico_usd: int = Field(description="Spend so far in 10^-12 USD (exact integer)")
 
 
+class StageView(Strict):
+    name: str
+    state: Literal["queued", "running", "retrying", "succeeded", "failed", "skipped"]
+    attempts: int
+    started_at: str | None = Field(description="The first attempt's start")
+    finished_at: str | None
+    duration_ms: int | None = Field(description="From the first start to the finish, waits included")
+    run_ms: int = Field(description="Time spent running, over all attempts")
+    last_error: str | None
+
+
+class PostView(Strict):
+    id: int = Field(description="The WordPress post id")
+    link: str
+    status: str = Field(description="The post's WordPress status (draft, pending, publish, ...)")
+    publish_refused: bool = Field(description="Publishing was asked for but the credential may not")
+
+
 class JobView(Strict):
     job_id: str
     kind: str
@@ -59,6 +80,10 @@ class JobView(Strict):
     input_ref: str | None
     result_ref: str | None
     cost: JobCost
+    site: str | None = None
+    trace_id: str | None = Field(default=None, description="The OpenTelemetry trace of the run (hex)")
+    stages: list[StageView] = Field(default_factory=list)
+    post: PostView | None = None
 
 
 class WebhookEvent(BaseModel):

@@ -13,8 +13,17 @@ from typing import Any
 from pydantic import BaseModel
 
 from .models import ErrorBody, JobAccepted, JobRequest, JobView, WebhookAccepted
+from .prompts import MODELS as PROMPT_MODELS
+from .prompts import NAME_PATTERN
 
-_MODELS: tuple[type[BaseModel], ...] = (JobRequest, JobAccepted, JobView, WebhookAccepted, ErrorBody)
+_MODELS: tuple[type[BaseModel], ...] = (
+    JobRequest,
+    JobAccepted,
+    JobView,
+    WebhookAccepted,
+    ErrorBody,
+    *PROMPT_MODELS,
+)
 
 
 def _schemas() -> dict[str, Any]:
@@ -46,6 +55,65 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): {"description": reasons[s], "content": _json("ErrorBody")} for s in statuses}
 
 
+def _prompt_paths(bearer: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """The prompt library: ``prompts:read`` to list and read, ``prompts:write`` to change."""
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": NAME_PATTERN},
+    }
+
+    def write(op: str, body: str, status: str, result: str, summary: str) -> dict[str, Any]:
+        return {
+            "operationId": op,
+            "summary": summary,
+            "security": bearer,
+            "requestBody": {"required": True, "content": _json(body)},
+            "responses": {
+                status: {"description": summary, "content": _json(result)},
+                **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
+            },
+        }
+
+    publish = write(
+        "publishPromptVersion", "PromptPublish", "201", "PromptVersionView",
+        "Publish the next version and make it current (purges the prompt's cached answers)",
+    )  # fmt: skip
+    rollback = write(
+        "rollbackPrompt", "PromptRollback", "200", "PromptSummary",
+        "Make an earlier version current (purges the prompt's cached answers)",
+    )  # fmt: skip
+    return {
+        "/v1/prompts": {
+            "get": {
+                "operationId": "listPrompts",
+                "security": bearer,
+                "responses": {
+                    "200": {"description": "The tenant's prompts", "content": _json("PromptList")},
+                    **_errors(400, 401, 403, 429, 503),
+                },
+            },
+            "post": write(
+                "createPrompt", "PromptCreate", "201", "PromptDetail", "Create a prompt (version 1)"
+            ),
+        },
+        "/v1/prompts/{name}": {
+            "get": {
+                "operationId": "getPrompt",
+                "security": bearer,
+                "parameters": [name],
+                "responses": {
+                    "200": {"description": "The prompt and its versions", "content": _json("PromptDetail")},
+                    **_errors(400, 401, 403, 404, 422, 429, 503),
+                },
+            }
+        },
+        "/v1/prompts/{name}/versions": {"post": {**publish, "parameters": [name]}},
+        "/v1/prompts/{name}/rollback": {"post": {**rollback, "parameters": [name]}},
+    }
+
+
 def document() -> dict[str, Any]:
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
@@ -53,7 +121,7 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "Pressline API",
             "version": "1.0.0",
-            "description": "Jobs, their status, and signed WordPress webhooks.",
+            "description": "Jobs, their status, signed WordPress webhooks, and the prompt library.",
         },
         "paths": {
             "/v1/jobs": {
@@ -110,6 +178,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            **_prompt_paths(bearer),
         },
         "components": {
             "schemas": _schemas(),

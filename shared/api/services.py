@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from shared.auth import TokenStore
 from shared.aws import aws_client
+from shared.cache.factory import build_cache
 from shared.claim_check import ClaimCheckEncoder
 from shared.config import Settings
 from shared.cost.alerts import BudgetAlerts
@@ -21,6 +22,7 @@ from shared.cost.prices import PriceTable
 from shared.jobs import JobStore
 from shared.outbound import publish_event
 from shared.payloads import PayloadStore
+from shared.prompts import PromptStore
 from shared.proxy.accounting import CostAccounting
 from shared.proxy.breakers import Breakers
 from shared.proxy.keys import ProviderKeys
@@ -40,6 +42,7 @@ from .costs import CostsApi
 from .guard import Guard
 from .intake import WebhookIntake
 from .jobs import JobsApi
+from .prompts import PromptsApi
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Services:
     webhooks: WebhookIntake
     proxy: ProxyService
     costs: CostsApi
+    prompts: PromptsApi
     broker: RedisStreamsBroker
     registry: CollectorRegistry
 
@@ -88,11 +92,13 @@ class Services:
         ledger = CostLedger.from_settings(settings, client)
         budgets = BudgetGuard.from_settings(settings, client, ledger=ledger)
         registry = CollectorRegistry()
+        proxy = build_proxy(settings, client, guard, budgets, registry, broker)
         return cls(
             jobs=JobsApi(broker, jobs, guard, idempotency, settings.max_job_body_bytes),
             webhooks=intake,
-            proxy=build_proxy(settings, client, guard, budgets, registry, broker),
+            proxy=proxy,
             costs=CostsApi(guard, ledger, budgets),
+            prompts=PromptsApi(guard, proxy.prompts or PromptStore(client, settings.namespace)),
             broker=broker,
             registry=registry,
         )
@@ -128,20 +134,28 @@ def build_proxy(
     breakers = Breakers(
         client, settings.namespace, settings.breaker_fail_max, settings.breaker_reset_timeout_s
     )
+    prices = PriceTable.load(settings.price_table_path)
+    keys = ProviderKeys(aws_client("secretsmanager", settings), settings.provider_secret_prefix)
+    cache = build_cache(settings, client, budgets.ledger, prices, registry, lambda: keys.get("openai"))
+    prompts = PromptStore(client, settings.namespace, on_change=cache.purge_prompt if cache else None)
     return ProxyService(
         guard=guard,
         router=Router(Path(settings.routing_policy)) if settings.routing_policy else Router(),
         providers=providers,
-        keys=ProviderKeys(aws_client("secretsmanager", settings), settings.provider_secret_prefix),
+        keys=keys,
         breakers=breakers,
         metrics=ProxyMetrics(registry, breakers.state, tuple(providers)),
         accounting=CostAccounting(
-            PriceTable.load(settings.price_table_path),
+            prices,
             budgets,
             settings.proxy_default_max_tokens,
             on_alert=budget_alerts(settings, registry, broker),
         ),
-        http=httpx.Client(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)),
+        # Idle upstream connections are kept 90 s (httpx's default is 5 s): a burst after a quiet
+        # spell would otherwise pay a new TCP (and, to a real provider, TLS) handshake per stream.
+        http=httpx.Client(
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100, keepalive_expiry=90)
+        ),
         retry=RetryPolicy(
             attempts_per_target=settings.proxy_attempts_per_target,
             base_s=settings.proxy_backoff_base_s,
@@ -150,4 +164,6 @@ def build_proxy(
         keepalive_s=settings.proxy_keepalive_s,
         max_body_bytes=settings.proxy_max_body_bytes,
         default_max_tokens=settings.proxy_default_max_tokens,
+        cache=cache,
+        prompts=prompts,
     )

@@ -5,13 +5,14 @@ A token carries one role; a route asks for one scope. Roles nest, each adding to
 =========  ==========================================================================
 role       scopes
 =========  ==========================================================================
-reader     ``jobs:read``
-editor     reader + ``jobs:write``, ``content:draft``, ``proxy:invoke``
+reader     ``jobs:read``, ``prompts:read``
+editor     reader + ``jobs:write``, ``content:draft``, ``proxy:invoke``, ``prompts:write``
 publisher  editor + ``content:publish``
 admin      publisher + ``tokens:admin``
 =========  ==========================================================================
 
-``proxy:invoke`` (LLM calls, which cost money) starts at editor, the first role that creates work.
+``proxy:invoke`` (LLM calls, which cost money) starts at editor, the first role that creates work;
+so does ``prompts:write`` (publishing a prompt version changes what the proxy sends upstream).
 ``content:publish`` is what separates a publisher from an editor: a job created by a token without
 it may only produce drafts. Scopes are derived from the role when a token is used, so changing this
 table changes existing tokens too.
@@ -42,6 +43,8 @@ class Scope(StrEnum):
     CONTENT_PUBLISH = "content:publish"
     PROXY_INVOKE = "proxy:invoke"
     TOKENS_ADMIN = "tokens:admin"
+    PROMPTS_READ = "prompts:read"
+    PROMPTS_WRITE = "prompts:write"
 
 
 SCOPES: frozenset[str] = frozenset(Scope)
@@ -54,8 +57,8 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
-_READER = frozenset({Scope.JOBS_READ})
-_EDITOR = _READER | {Scope.JOBS_WRITE, Scope.CONTENT_DRAFT, Scope.PROXY_INVOKE}
+_READER = frozenset({Scope.JOBS_READ, Scope.PROMPTS_READ})
+_EDITOR = _READER | {Scope.JOBS_WRITE, Scope.CONTENT_DRAFT, Scope.PROXY_INVOKE, Scope.PROMPTS_WRITE}
 _PUBLISHER = _EDITOR | {Scope.CONTENT_PUBLISH}
 _ADMIN = _PUBLISHER | {Scope.TOKENS_ADMIN}
 

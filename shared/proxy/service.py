@@ -12,6 +12,7 @@ usage, or estimated (and marked so) when the stream ended before it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -28,7 +29,11 @@ from opentelemetry.trace import Span, Status, StatusCode
 from shared.api.errors import ApiError
 from shared.api.guard import Guard
 from shared.api.responses import ApiResponse
-from shared.auth import Principal, Scope
+from shared.auth import Principal, Role, Scope
+from shared.cache import HEADER as CACHE_HEADER
+from shared.cache import ResponseCache, header_directives
+from shared.prompts import PromptStore
+from shared.prompts import render as render_prompt
 
 from . import translate
 from .breakers import Breakers
@@ -99,6 +104,9 @@ class ClientRequest:
     request_id: str
     route_key: str | None
     job_id: str | None
+    cache_control: str | None = None
+    cache_mode: str | None = None  # the x-pressline-cache request header
+    cache_probe: Any = None  # the response cache's state for this request (shared.cache.Probe)
 
     @property
     def stream(self) -> bool:
@@ -129,6 +137,8 @@ class ProxyService:
       default_max_tokens(int): The output cap sent upstream when a request names none.
       metrics(ProxyMetrics): Latency, tokens, cost, retries (optional).
       sleep: Waits between retries (a parameter for tests).
+      cache(ResponseCache | None): The response cache (shared.cache); None: no caching.
+      prompts(PromptStore | None): The prompt library a request names with ``prompt``.
     """
 
     def __init__(
@@ -147,6 +157,8 @@ class ProxyService:
         default_max_tokens: int,
         metrics: ProxyMetrics | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        cache: ResponseCache | None = None,
+        prompts: PromptStore | None = None,
     ) -> None:
         self.guard = guard
         self.router = router
@@ -161,6 +173,8 @@ class ProxyService:
         self.default_max_tokens = default_max_tokens
         self.metrics = metrics
         self.sleep = sleep
+        self.cache = cache
+        self.prompts = prompts
 
     # -- the endpoints ----------------------------------------------------------------------------
 
@@ -178,6 +192,29 @@ class ProxyService:
         ]
         return ApiResponse(200, {"object": "list", "data": data})
 
+    def complete(
+        self,
+        *,
+        tenant: str,
+        body: dict[str, Any],
+        wire: Wire = "openai",
+        job_id: str | None = None,
+        route_key: str | None = None,
+    ) -> dict[str, Any]:
+        """One non-streaming completion for a job already authorised (a worker stage).
+
+        The same routing, budgets, breakers, retries and ledger as the HTTP endpoints; the caller
+        vouches for ``tenant``. Returns the reply in ``wire``'s shape, or raises ApiError.
+        """
+        raw = json.dumps({**body, "stream": False}).encode()
+        principal = Principal(tenant, "worker", Role.EDITOR, frozenset({str(Scope.PROXY_INVOKE)}))
+        request = ClientRequest(
+            wire, self._parse(raw, None, wire), principal, uuid.uuid4().hex, route_key, job_id
+        )
+        result = self._serve(request)
+        assert isinstance(result, ApiResponse)
+        return dict(result.body)
+
     # -- one request ------------------------------------------------------------------------------
 
     def _handle(
@@ -189,25 +226,63 @@ class ProxyService:
         body: bytes | None,
         route_key: str | None = None,
         job_id: str | None = None,
+        cache_control: str | None = None,
+        cache_mode: str | None = None,
     ) -> ApiResponse | StreamingResult:
         principal = self.guard.principal(authorization, Scope.PROXY_INVOKE)
         request = ClientRequest(
-            wire, self._parse(body, content_type, wire), principal, uuid.uuid4().hex, route_key, job_id
-        )
+            wire, self._parse(body, content_type, wire), principal, uuid.uuid4().hex, route_key, job_id,
+            cache_control, cache_mode,
+        )  # fmt: skip
+        return self._serve(request)
+
+    def _serve(self, request: ClientRequest) -> ApiResponse | StreamingResult:
+        principal, route_key = request.principal, request.route_key
+        prompt_ref = ""
+        if self.prompts is not None:  # prompt hook: a library prompt becomes the system prompt
+            rendered, version = render_prompt(self.prompts, principal.tenant, request.body, request.wire)
+            request = dataclasses.replace(request, body=rendered)
+            prompt_ref = version.ref if version is not None else ""
         try:
             route = self.router.route(str(request.body["model"]))
         except RoutingError as e:
             raise ApiError(404, "model_not_found", str(e)) from None
         sticky = principal.tenant if route.sticky == "tenant" else (route_key or request.request_id)
         targets = route.order(sticky)
+        if self.cache is not None:  # cache hook: after routing, before the budget hold
+            hit, request = self._cache_lookup(request, route.alias, targets[0], prompt_ref)
+            if hit is not None:
+                return hit
         prompt_text = _prompt_text(request.body)
         max_tokens = request.body.get("max_tokens") or request.body.get("max_completion_tokens")
         reservation = self.accounting.reserve(principal.tenant, targets, prompt_text, max_tokens)
         try:
-            return self._dispatch(request, targets, reservation, prompt_text)
+            result = self._dispatch(request, targets, reservation, prompt_text)
         except BaseException:
             self.accounting.release(reservation)
             raise
+        if self.cache is not None:  # cache hook: store a complete JSON reply; label the miss
+            if request.cache_probe is not None and isinstance(result, ApiResponse) and result.status == 200:
+                self.cache.store_reply(request.cache_probe, request.wire, result.body)
+            result.headers[CACHE_HEADER] = "miss" if request.cache_probe is not None else "bypass"
+        return result
+
+    def _cache_lookup(
+        self, request: ClientRequest, alias: str, target: Target, prompt_ref: str
+    ) -> tuple[ApiResponse | StreamingResult | None, ClientRequest]:
+        """A cached answer (and the request unchanged), or None and the request with its probe."""
+        assert self.cache is not None
+        hit, probe = self.cache.lookup(
+            tenant=request.principal.tenant, wire=request.wire, body=request.body, route=alias,
+            provider=target.provider, model=target.model,
+            directives=header_directives(request.cache_control, request.cache_mode),
+            prompt=prompt_ref, request_id=request.request_id, job_id=request.job_id,
+        )  # fmt: skip
+        if hit is not None:
+            if hit.chunks is not None:
+                return StreamingResult(hit.headers, hit.chunks), request
+            return ApiResponse(200, hit.body or {}, hit.headers), request
+        return None, dataclasses.replace(request, cache_probe=probe)
 
     def _parse(self, body: bytes | None, content_type: str | None, wire: Wire) -> dict[str, Any]:
         raw = body or b""
@@ -380,6 +455,8 @@ class ProxyService:
         convert = self._stream_converter(request, wire, target.model)
         context = otel_context.get_current()
         done = False
+        cache, probe = self.cache, request.cache_probe  # cache hook: collect the answer to store it
+        collector = cache.collector(wire) if cache is not None and probe is not None else None
 
         def settle(outcome: str) -> None:
             cost = self.accounting.settle(
@@ -403,6 +480,8 @@ class ProxyService:
                         yield encode_comment("keep-alive")
                     else:
                         tracker.feed(event.event, event.data)
+                        if collector is not None:  # cache hook
+                            collector.feed(event.event, event.data)
                         for out in convert(event):
                             yield out
                     event = stream.next_event()
@@ -412,6 +491,10 @@ class ProxyService:
                     yield out
                 done = True
                 settle("ok")
+                if collector is not None and cache is not None:  # cache hook: only a clean end is stored
+                    completion = collector.result()
+                    if completion is not None:
+                        cache.store(probe, completion)
             except UpstreamError as e:
                 yield self._error_event(request.wire, e)
                 done = True

@@ -1,9 +1,13 @@
 """One attempt against one provider, with every timeout the proxy promises.
 
-A streaming response is read on a background thread into a queue, so the proxy can wait with a
-deadline: the first token within ``first_token_s``, each next chunk within ``idle_s``, the whole
-stream within ``total_s``; while it waits it can send keep-alive comments, and closing the
-stream (a timeout, or a client that went away) closes the upstream connection.
+The first event of a stream is read in the caller's thread, bounded by ``first_token_s`` (the
+socket's read timeout; nothing has gone to the client yet, so there is nothing to keep alive) —
+when ``first_token_s >= idle_s``, the usual case; otherwise the thread below reads it too.
+From then on the stream is read on a background thread into a queue, so the proxy can wait with
+a deadline — each next chunk within ``idle_s``, the whole stream within ``total_s`` — and send
+keep-alive comments while it waits. Starting that thread only after the first event keeps its
+start-up (a thread hand-off, slow when many requests arrive at once) off the time to first token.
+Closing the stream (a timeout, or a client that went away) closes the upstream connection.
 """
 
 from __future__ import annotations
@@ -127,8 +131,11 @@ class UpstreamStream:
         self._got_first = False
         self._last_event_at = self._started  # keep-alives must not restart the idle clock
         self._closed = False
-        # connect bounds the connection; read bounds the wait for the status line and headers.
-        timeout = httpx.Timeout(timeouts.first_token_s, connect=timeouts.connect_s)
+        # connect bounds the connection; read bounds each socket read: the status line, headers and
+        # first event (first_token_s), then every later read, which the deadlines below cut sooner.
+        self._first_inline = timeouts.first_token_s >= timeouts.idle_s
+        read_s = timeouts.first_token_s if self._first_inline else timeouts.idle_s
+        timeout = httpx.Timeout(read_s, connect=timeouts.connect_s)
         try:
             self._response = client.send(
                 client.build_request(
@@ -154,28 +161,61 @@ class UpstreamStream:
             finally:
                 self._response.close()
             raise _http_error(self._response)
-        self._reader = threading.Thread(target=self._read, name="upstream-reader", daemon=True)
-        self._reader.start()
+        self._chunks = self._response.iter_raw()
+        self._parser = SSEParser()
+        self._reader: threading.Thread | None = None
 
     @property
     def elapsed_s(self) -> float:
         return time.monotonic() - self._started
 
     def _read(self) -> None:
-        parser = SSEParser()
         try:
-            for chunk in self._response.iter_raw():
-                events = parser.feed(chunk)
+            for chunk in self._chunks:
+                events = self._parser.feed(chunk)
                 if events:
                     self._queue.put(events)  # one hand-over per read, not per event
             self._queue.put(_END)
         except Exception as e:  # the connection was cut, or we closed it
             self._queue.put(e)
 
+    def _read_first(self) -> SSEEvent | None:
+        """Read in this thread until the first event (None: the stream ended before any)."""
+        try:
+            for chunk in self._chunks:
+                events = self._parser.feed(chunk)
+                if events:
+                    self._pending.extend(events)
+                    return self._pending.popleft()
+                if time.monotonic() >= min(self._deadline, self._started + self.timeouts.first_token_s):
+                    raise httpx.ReadTimeout("no event yet")  # only comments so far, and time is up
+            return None
+        except httpx.TimeoutException:
+            self.close()
+            waited = self.timeouts.first_token_s
+            raise UpstreamError(
+                "first_token_timeout",
+                f"the provider sent nothing for {waited:g}s while waiting for the first token",
+                retryable=True,
+            ) from None
+        except httpx.TransportError:
+            self.close()
+            raise UpstreamError(
+                "protocol", "the provider closed the stream before it was complete", retryable=True
+            ) from None
+
     def next_event(self) -> SSEEvent | KeepAlive | None:
         """The next event, KEEPALIVE after a quiet interval, None at a clean end; or UpstreamError."""
         if self._pending:
             return self._deliver(self._pending.popleft())
+        if self._reader is None:
+            if self._first_inline and not self._got_first:
+                first = self._read_first()
+                # The reader thread starts on the next call, once this event has gone out.
+                return None if first is None else self._deliver(first)
+            # From here the reader thread reads, and this thread waits on its queue with deadlines.
+            self._reader = threading.Thread(target=self._read, name="upstream-reader", daemon=True)
+            self._reader.start()
         limit, kind = (
             (self.timeouts.idle_s, "idle_timeout")
             if self._got_first

@@ -19,6 +19,8 @@ from opentelemetry import trace
 
 from shared.config import Settings
 
+from .loki import LokiHandler
+
 __all__ = ["REDACTED", "JsonFormatter", "RedactSecrets", "TraceContext", "configure_logging", "redact"]
 
 REDACTED = "[REDACTED]"
@@ -151,19 +153,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str, ensure_ascii=False)
 
 
+#: Libraries whose INFO lines are noise at Pressline's volume (their warnings still show).
+QUIET_LOGGERS = ("httpx", "httpcore")
+
+
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> logging.Handler:
-    """Send every log record of this process as a JSON line to ``stream`` (default stderr).
+    """Send every log record of this process as a JSON line to ``stream`` (default stderr), and
+    to Loki too when ``settings.loki_url`` is set (see :mod:`.loki`; never blocking the caller).
 
     Replaces the root logger's handlers (e.g. the plain-text one the dramatiq CLI installs, whose
-    output goes to the same pipe), so each record is written once.  Returns the handler.
+    output goes to the same pipe), so each record is written once.  Returns the stream handler.
     """
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(TraceContext())
-    handler.addFilter(RedactSecrets(known=[settings.hmac_webhook_secret]))
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    if settings.loki_url:
+        handlers.append(
+            LokiHandler(
+                settings.loki_url,
+                settings.otel_service_name,
+                max_queue=settings.loki_queue_lines,
+                flush_interval_s=settings.loki_flush_interval_s,
+            )
+        )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+        if isinstance(old, LokiHandler):
+            old.close()  # a reconfiguration: flush the previous Loki handler's lines
+    for handler in handlers:
+        handler.setFormatter(JsonFormatter())
+        handler.addFilter(TraceContext())
+        handler.addFilter(RedactSecrets(known=[settings.hmac_webhook_secret]))
+        root.addHandler(handler)
     root.setLevel(settings.log_level)
-    return handler
+    # httpx/httpcore log every request at INFO: one line per upstream call, WordPress call and
+    # Loki push, with nothing our own spans and access lines don't already say.
+    for chatty in QUIET_LOGGERS:
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
+    return handlers[0]

@@ -3,6 +3,8 @@ worker's span as its child."""
 
 from __future__ import annotations
 
+import logging
+import time
 import weakref
 from contextvars import ContextVar, Token
 from typing import Any
@@ -16,6 +18,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from shared.telemetry.tracing import extract_context, inject_context
+
+log = logging.getLogger("pressline.worker")
 
 #: The message option holding the W3C carrier (``{"traceparent": ..., "tracestate": ...}``).
 OPTION = "trace_context"
@@ -43,7 +47,7 @@ class Tracing(Middleware):
         # Producer spans between before_enqueue and after_enqueue, keyed by id(message): the same
         # object is passed to both hooks, and an id is not reused while the object lives.
         self._sending: dict[int, tuple[Span, weakref.finalize]] = {}
-        self._processing: ContextVar[tuple[Span, Token[Context]] | None] = ContextVar(
+        self._processing: ContextVar[tuple[Span, Token[Context], MessageProxy, float] | None] = ContextVar(
             "pressline_tracing_processing", default=None
         )
 
@@ -88,7 +92,7 @@ class Tracing(Middleware):
             f"process {message.actor_name}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
         )
         token = otel_context.attach(trace.set_span_in_context(span, parent))
-        self._processing.set((span, token))
+        self._processing.set((span, token, message, time.perf_counter()))
 
     def after_process_message(
         self,
@@ -108,12 +112,28 @@ class Tracing(Middleware):
         if state is None:
             return
         self._processing.set(None)
-        span, token = state
+        span, token, message, started = state
         if exception is not None:
             span.record_exception(exception)
             span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
         if skipped:
             span.set_attribute("dramatiq.skipped", True)
+        # One line per message, still under its span: a job's lines from every stage share its
+        # trace id.  The outcome only; the exception itself is logged by Dramatiq.
+        outcome = "skipped" if skipped else "failed" if exception is not None else "done"
+        log.info(
+            "message %s",
+            outcome,
+            extra={
+                "actor": message.actor_name,
+                "queue": message.queue_name,
+                "message_id": message.message_id,
+                "job_id": message.options.get("job_id"),
+                "retries": int(message.options.get("retries", 0)),
+                "outcome": outcome,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
         span.end()
         otel_context.detach(token)
 

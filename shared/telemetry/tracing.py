@@ -13,9 +13,11 @@ from collections.abc import Mapping, MutableMapping
 from urllib.parse import unquote
 
 from opentelemetry.context import Context
+from opentelemetry.sdk.extension.aws.trace import AwsXRayIdGenerator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -30,7 +32,14 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from shared.config import ConfigError, Settings
 
-__all__ = ["configure_tracing", "extract_context", "inject_context", "make_resource", "make_sampler"]
+__all__ = [
+    "configure_tracing",
+    "extract_context",
+    "inject_context",
+    "make_id_generator",
+    "make_resource",
+    "make_sampler",
+]
 
 #: Stateless; W3C Trace Context only (not the global, env-configured propagator).
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -47,7 +56,11 @@ def configure_tracing(settings: Settings) -> TracerProvider:
     The exporter and batch processor still read their own tuning variables
     (``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_BSP_*``...), as the OTel spec defines.
     """
-    provider = TracerProvider(resource=make_resource(settings), sampler=make_sampler(settings))
+    provider = TracerProvider(
+        resource=make_resource(settings),
+        sampler=make_sampler(settings),
+        id_generator=make_id_generator(settings),
+    )
     if settings.otel_exporter_otlp_endpoint:
         # Imported here: it pulls in requests and protobuf, which a process without a collector
         # (a function's cold start, a test) should not pay for.
@@ -76,6 +89,15 @@ def make_resource(settings: Settings) -> Resource:
     if "service.name" not in attributes or settings.otel_service_name != Settings.otel_service_name:
         attributes["service.name"] = settings.otel_service_name
     return Resource(attributes)
+
+
+def make_id_generator(settings: Settings) -> IdGenerator:
+    """X-Ray's ids on Lambda (or when ``PRESSLINE_XRAY_TRACE_IDS`` asks), random W3C ids elsewhere.
+
+    X-Ray refuses a trace id whose first 32 bits are not a recent epoch second, so spans exported
+    through the ADOT collector to X-Ray need them; they are valid W3C ids all the same.
+    """
+    return AwsXRayIdGenerator() if settings.xray_trace_ids else RandomIdGenerator()
 
 
 def make_sampler(settings: Settings) -> Sampler:

@@ -1,16 +1,28 @@
-"""Keep each job's record in step with its messages: running, retrying, succeeded, failed."""
+"""Keep each job's run record in step with its messages: running, retrying, succeeded, failed."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
+from opentelemetry import trace
 
 from shared.jobs import JobStore
 
 OPTION = "job_id"
+COMPLETED = "run.completed"
+FAILED = "run.failed"
+
+log = logging.getLogger("pressline.job_state")
+
+#: Called once a job's outcome is known: (broker, job id, ``run.completed`` | ``run.failed``).
+OnFinished = Callable[[dramatiq.Broker, str, str], Any]
 
 
 class JobState(Middleware):
@@ -18,14 +30,21 @@ class JobState(Middleware):
 
     Add it *before* Dramatiq's Retries: after-hooks run in reverse order, so it then sees
     whether Retries gave up on the message (``message.failed``).  A message that pipes into a
-    next stage leaves the job running; the last stage's success finishes it.
+    next stage leaves the job running; the last stage's success finishes it.  Each stage's state,
+    attempts and time spent running are recorded too, and the trace id of the job's first run.
+    Add it after the Tracing middleware, so the message's span is current in ``before``.
 
     Parameters:
       store(JobStore)
+      on_finished(OnFinished): Told when a job succeeded or failed for good (its outcome event);
+        its errors are logged, never raised into the worker.
     """
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, on_finished: OnFinished | None = None) -> None:
         self.store = store
+        self.on_finished = on_finished
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     @property
     def actor_options(self) -> set[str]:
@@ -33,10 +52,17 @@ class JobState(Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         job_id = message.options.get(OPTION)
-        if job_id:
-            self.store.running(
-                job_id, stage=message.actor_name, attempt=message.options.get("retries", 0) + 1
-            )
+        if not job_id:
+            return
+        with self._lock:
+            self._started[message.message_id] = time.monotonic()
+        context = trace.get_current_span().get_span_context()
+        self.store.running(
+            job_id,
+            stage=message.actor_name,
+            attempt=message.options.get("retries", 0) + 1,
+            trace_id=format(context.trace_id, "032x") if context.is_valid else None,
+        )
 
     def after_process_message(
         self,
@@ -49,11 +75,31 @@ class JobState(Middleware):
         job_id = message.options.get(OPTION)
         if not job_id:
             return
+        with self._lock:
+            started = self._started.pop(message.message_id, None)
+        run_ms = 0 if started is None else int((time.monotonic() - started) * 1000)
+        stage = message.actor_name
         if exception is not None:
             error = f"{type(exception).__name__}: {exception}"
             if getattr(message, "failed", False):
-                self.store.failed(job_id, error=error)
+                self.store.failed(job_id, error=error, stage=stage, run_ms=run_ms)
+                self._finished(broker, job_id, FAILED)
             else:
-                self.store.retrying(job_id, error=error)
-        elif not message.options.get("pipe_target"):
-            self.store.succeeded(job_id)
+                self.store.retrying(job_id, error=error, stage=stage, run_ms=run_ms)
+            return
+        last = not message.options.get("pipe_target")
+        self.store.stage_succeeded(job_id, stage=stage, run_ms=run_ms, last=last)
+        if last:
+            self._finished(broker, job_id, COMPLETED)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        with self._lock:
+            self._started.pop(message.message_id, None)
+
+    def _finished(self, broker: dramatiq.Broker, job_id: str, outcome: str) -> None:
+        if self.on_finished is None:
+            return
+        try:
+            self.on_finished(broker, job_id, outcome)
+        except Exception:
+            log.exception("the job's outcome event could not be enqueued", extra={"job_id": job_id})
