@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dashboards run test lint typecheck unit bench bench-api bench-proxy bench-pipeline bench-cache demo deploy package deps system-deps clean
+.PHONY: dashboards run test lint typecheck unit bench bench-api bench-proxy bench-pipeline bench-cache bench-wakeup demo deploy package deps system-deps clean
 
 deps: $(STAMP) system-deps
 
@@ -67,6 +67,10 @@ bench-pipeline: deps
 
 bench-cache: deps
 	$(BIN)/python -m bench.cache_bench
+
+# CPU per thread wake-up on this host (read beside bench-proxy's CPU per stream).
+bench-wakeup: deps
+	$(BIN)/python -m bench.wakeup_cost
 
 # One article from an API request to a post in the local WordPress, offline (uses `make run`'s
 # stack when it runs, else starts its own); prints the post's URL, id, trace id and cost.
