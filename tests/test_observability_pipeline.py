@@ -38,7 +38,6 @@ import redis
 
 from bench.fake_provider import ROUTING_POLICY, provider_env, running_fake_provider, set_fake_state
 from dashboards.build import DASHBOARDS
-from infra import wordpress as wp
 from infra.prometheus import prometheus_command, wait_ready, write_config
 from infra.redis_server import free_port
 from localstack.bootstrap import bootstrap, new_webhook_secret
@@ -360,18 +359,7 @@ def test_a_signed_wordpress_webhook_starts_the_trace_its_post_carries(
     stack: Stack, wordpress: WordPressFixture
 ) -> None:
     tenant, tokens = tenant_tokens(stack)
-    site = f"wp-hook-{uuid.uuid4().hex[:6]}"
-    wp.register_site(
-        stack.settings,
-        stack.client,
-        site=site,
-        tenant=tenant,
-        publish=False,
-        webhook_url=f"{stack.api}/v1/webhooks/wordpress/{site}",
-        config=wordpress.config,
-        say=lambda _: None,
-    )
-    try:
+    with wordpress.hooked_site(stack.settings, stack.client, tenant, stack.api):
         title = f"Spring tides {uuid.uuid4().hex[:6]}"
         asked = wordpress.ask_for_a_draft(title, "<p>Write about spring tides.</p>")
 
@@ -393,8 +381,6 @@ def test_a_signed_wordpress_webhook_starts_the_trace_its_post_carries(
         assert_one_trace_tree(spans, trace_id, root)
         lines = wait_for(lambda: loki_lines(stack, API_SERVICE, trace_id), 15, "the webhook's line")
         assert any(line["message"] == f"{root} 202" for line in lines), lines
-    finally:
-        wordpress.set_webhook(None, None)
 
 
 # -- 2. every dashboard panel answers ---------------------------------------------------------------

@@ -27,7 +27,6 @@ import pytest
 import redis
 
 from bench.fake_provider import ROUTING_POLICY, provider_env, running_fake_provider
-from infra import wordpress as wp
 from infra.redis_server import free_port
 from localstack.bootstrap import bootstrap, new_webhook_secret
 from localstack.endpoint import Endpoint
@@ -347,19 +346,8 @@ def test_an_authors_pending_post_becomes_a_generated_draft_through_the_signed_we
     stack: Stack, wordpress: WordPressFixture
 ) -> None:
     tenant, tokens = tenant_tokens(stack)
-    site = f"wp-hook-{uuid.uuid4().hex[:6]}"
     # What make run does: WordPress's mu-plugin signs with the site's secret and posts to the API.
-    wp.register_site(
-        stack.settings,
-        stack.client,
-        site=site,
-        tenant=tenant,
-        publish=False,
-        webhook_url=f"{stack.api}/v1/webhooks/wordpress/{site}",
-        config=wordpress.config,
-        say=lambda _: None,
-    )
-    try:
+    with wordpress.hooked_site(stack.settings, stack.client, tenant, stack.api) as site:
         title = f"Neap tides {uuid.uuid4().hex[:6]}"
         asked = wordpress.ask_for_a_draft(title, "<p>Write about neap tides and the moon.</p>")
         (post,) = wait_for(lambda: wordpress.generated_drafts(title, asked), 30, "the generated draft")
@@ -372,8 +360,6 @@ def test_an_authors_pending_post_becomes_a_generated_draft_through_the_signed_we
         assert post["status"] == "draft" and view["post"]["id"] == post["id"]
         assert_generated_draft(post, title, job_id, view["trace_id"])
         assert view["cost"]["pico_usd"] > 0
-    finally:
-        wordpress.set_webhook(None, None)
 
 
 def test_the_publish_gates(stack: Stack, wordpress: WordPressFixture) -> None:

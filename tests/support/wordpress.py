@@ -7,6 +7,8 @@ name is derived from its tmp dir, so it never clashes with ``make run``'s instan
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -84,6 +86,26 @@ class WordPressFixture:
             for p in self.posts(search=title)
             if p["meta"].get("pressline_external_ref") and p["id"] != asked_id
         ]
+
+    @contextlib.contextmanager
+    def hooked_site(self, settings: Any, client: Any, tenant: str, api: str) -> Iterator[str]:
+        """A drafts-only site of ``tenant`` whose mu-plugin sends its signed webhooks to ``api``,
+        as ``make run`` sets it up; the webhooks are off again afterwards."""
+        site = f"wp-hook-{uuid.uuid4().hex[:6]}"
+        wp.register_site(
+            settings,
+            client,
+            site=site,
+            tenant=tenant,
+            publish=False,
+            webhook_url=f"{api}/v1/webhooks/wordpress/{site}",
+            config=self.config,
+            say=lambda _: None,
+        )
+        try:
+            yield site
+        finally:
+            self.set_webhook(None, None)
 
     def restart(self) -> None:
         """``down`` then ``up`` (Application Passwords are re-issued; the new ones are used)."""
