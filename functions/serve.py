@@ -58,13 +58,12 @@ class StreamingRequestHandler(ChaliceRequestHandler):
         self._send_headers(headers)
         self.wfile.flush()
         chunks: Iterator[bytes] = body
+        send = self.connection.sendall  # the socket itself: wfile is unbuffered here, one write per chunk
         try:
             for chunk in chunks:
                 if chunk:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+                    send(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            send(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client went away; closing the iterator cancels upstream
         finally:

@@ -23,9 +23,11 @@ from shared.config import Settings
 from shared.cost.budget import BudgetGuard, Period, worst_case_cost
 from shared.cost.ledger import CostLedger
 from shared.cost.prices import PriceTable, Usage
+from shared.proxy.paced import PacedTransport
 from shared.proxy.providers.openai import OpenAIProvider
 from shared.proxy.routing import Route, Target, Timeouts
-from shared.proxy.upstream import UpstreamError, UpstreamStream
+from shared.proxy.sse import SSEEvent
+from shared.proxy.upstream import KEEPALIVE, UpstreamError, UpstreamStream
 from tests.support.api import ensure_bucket, streaming_server
 
 
@@ -245,28 +247,94 @@ def test_a_stall_ends_the_stream_with_an_error_event_within_the_idle_timeout(
     assert "sent nothing" in str(error.value)
 
 
-@pytest.mark.parametrize(
-    ("first_token_s", "idle_s"),
-    [(0.4, 0.2), (0.4, 1.0)],  # first event read in the request thread; and by the reader thread
-    ids=["inline", "threaded"],
-)
-def test_a_slow_first_token_times_out_at_first_token_s_and_is_retryable(
-    fake: str, first_token_s: float, idle_s: float
-) -> None:
+def paced_client() -> httpx.Client:
+    return httpx.Client(transport=PacedTransport(limits=httpx.Limits(max_connections=4)))
+
+
+def read_all(stream: UpstreamStream) -> tuple[list[SSEEvent], int]:
+    """Every event and the number of keep-alives, until the end or an UpstreamError."""
+    events: list[SSEEvent] = []
+    keepalives = 0
+    while (event := stream.next_event()) is not None:
+        if event is KEEPALIVE:
+            keepalives += 1
+        else:
+            assert isinstance(event, SSEEvent)
+            events.append(event)
+    return events, keepalives
+
+
+def test_a_slow_first_token_times_out_at_first_token_s_and_is_retryable(fake: str) -> None:
     provider = OpenAIProvider(f"{fake}/openai/v1")
     request = provider.request(
         {"model": "gpt-4o-mini::first_token_ms=3000", "messages": USER, "stream": True}, "k"
     )
-    timeouts = Timeouts(connect_s=2, first_token_s=first_token_s, idle_s=idle_s, total_s=30)
-    with httpx.Client() as client:
+    timeouts = Timeouts(connect_s=2, first_token_s=0.4, idle_s=1.0, total_s=30)
+    with paced_client() as client:
         started = time.monotonic()
         stream = UpstreamStream(client, request, timeouts, keepalive_s=0.1)
         with pytest.raises(UpstreamError) as caught:
-            while True:
-                stream.next_event()  # keep-alives (threaded) until the first-token deadline
+            read_all(stream)
         waited = time.monotonic() - started
     assert caught.value.kind == "first_token_timeout" and caught.value.retryable
-    assert first_token_s * 0.9 <= waited < first_token_s + 0.5
+    assert 0.4 * 0.9 <= waited < 0.4 + 0.5
+
+
+def test_a_stream_is_read_in_the_callers_thread_with_keepalives_across_a_gap(fake: str) -> None:
+    provider = OpenAIProvider(f"{fake}/openai/v1")
+    request = provider.request(
+        {"model": "gpt-4o-mini::chunks=6;stall_after=3;stall_ms=700", "messages": USER, "stream": True}, "k"
+    )
+    timeouts = Timeouts(connect_s=2, first_token_s=2, idle_s=2, total_s=10)
+    with paced_client() as client:
+        threads = threading.active_count()
+        stream = UpstreamStream(client, request, timeouts, keepalive_s=0.1)
+        events, keepalives = read_all(stream)
+        assert threading.active_count() == threads  # no reader thread: one wake-up per chunk
+        # the connection went back to the pool whole: the next stream reuses it
+        again, _ = read_all(UpstreamStream(client, request, timeouts, keepalive_s=0.1))
+    texts = [e.data for e in events]
+    assert texts[-1] == "[DONE]" and len(again) == len(events)
+    assert 4 <= keepalives <= 8  # 0.7 s of silence, one keep-alive per 0.1 s
+
+
+def test_an_idle_upstream_times_out_and_its_connection_is_closed(fake: str) -> None:
+    provider = OpenAIProvider(f"{fake}/openai/v1")
+    request = provider.request(
+        {"model": "gpt-4o-mini::chunks=6;stall_after=2;stall_ms=5000", "messages": USER, "stream": True}, "k"
+    )
+    timeouts = Timeouts(connect_s=2, first_token_s=2, idle_s=0.3, total_s=10)
+    before = fake_stats(fake)["streams_client_closed"]
+    with paced_client() as client:
+        stream = UpstreamStream(client, request, timeouts, keepalive_s=0.1)
+        started = time.monotonic()
+        with pytest.raises(UpstreamError) as caught:
+            read_all(stream)
+        waited = time.monotonic() - started
+    assert caught.value.kind == "idle_timeout" and not caught.value.retryable
+    assert waited < 0.3 + 0.5
+    deadline = time.monotonic() + 5
+    while fake_stats(fake)["streams_client_closed"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake_stats(fake)["streams_client_closed"] == before + 1
+
+
+def test_closing_a_stream_mid_read_closes_the_upstream_connection(fake: str) -> None:
+    provider = OpenAIProvider(f"{fake}/openai/v1")
+    request = provider.request(
+        {"model": "gpt-4o-mini::chunks=40;interval_ms=50", "messages": USER, "stream": True}, "k"
+    )
+    timeouts = Timeouts(connect_s=2, first_token_s=2, idle_s=2, total_s=10)
+    before = fake_stats(fake)["streams_client_closed"]
+    with paced_client() as client:
+        stream = UpstreamStream(client, request, timeouts, keepalive_s=0.01)
+        while stream.next_event() is not KEEPALIVE:
+            pass  # the reader is now suspended inside a network read
+        stream.close()
+        deadline = time.monotonic() + 5
+        while fake_stats(fake)["streams_client_closed"] == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert fake_stats(fake)["streams_client_closed"] == before + 1
 
 
 def test_a_client_disconnect_closes_the_upstream_connection(proxy: str, token: str, fake: str) -> None:

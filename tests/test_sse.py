@@ -72,6 +72,18 @@ def test_golden_whole_and_byte_by_byte(name: str, raw: bytes, expected: list[SSE
     assert byte_by_byte(raw) == expected
 
 
+def test_whole_events_per_read_as_providers_send_them_parse_like_byte_by_byte() -> None:
+    # one read per complete LF-only block is the parser's fast path; every shape must agree with the slow one
+    for _, raw, _ in GOLDEN:
+        if b"\r" in raw or not raw.endswith(b"\n\n"):
+            continue
+        blocks = [b + b"\n\n" for b in raw[:-2].split(b"\n\n")]
+        for comments in (False, True):
+            parser = SSEParser(comments=True) if comments else SSEParser()
+            fed = [item for block in blocks for item in parser.feed(block)]
+            assert fed == byte_by_byte(raw, comments=comments), raw
+
+
 def test_comments_surfaced_in_order_when_asked() -> None:
     raw = b": keep-alive\ndata: x\n:no-space\n\n:\n\n"
     expected = [SSEComment("keep-alive"), SSEComment("no-space"), SSEEvent(None, "x"), SSEComment("")]

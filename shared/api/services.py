@@ -27,6 +27,7 @@ from shared.proxy.accounting import CostAccounting
 from shared.proxy.breakers import Breakers
 from shared.proxy.keys import ProviderKeys
 from shared.proxy.metrics import ProxyMetrics
+from shared.proxy.paced import PacedTransport
 from shared.proxy.providers import AnthropicProvider, GroqProvider, OpenAIProvider, Provider
 from shared.proxy.routing import Router
 from shared.proxy.service import ProxyService, RetryPolicy
@@ -154,7 +155,9 @@ def build_proxy(
         # Idle upstream connections are kept 90 s (httpx's default is 5 s): a burst after a quiet
         # spell would otherwise pay a new TCP (and, to a real provider, TLS) handshake per stream.
         http=httpx.Client(
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100, keepalive_expiry=90)
+            transport=PacedTransport(
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=100, keepalive_expiry=90)
+            )
         ),
         retry=RetryPolicy(
             attempts_per_target=settings.proxy_attempts_per_target,

@@ -10,10 +10,45 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pybreaker
 import redis
+
+
+@dataclass(frozen=True)
+class BreakerCheck:
+    """A breaker's shared state as one read saw it: whether an attempt may go, and whether a
+    success would have anything to reset (pybreaker's lock and Redis writes are skipped if not)."""
+
+    state: str
+    failures: int
+    allows: bool
+
+    @property
+    def clean(self) -> bool:
+        return self.state == pybreaker.STATE_CLOSED and self.failures == 0
+
+
+class _Storage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage, plus the read of state, failures and opening time in one round trip."""
+
+    def snapshot(self) -> tuple[str, int, datetime | None]:
+        keys = (self._namespace("state"), self._namespace("fail_counter"), self._namespace("opened_at"))
+        try:
+            state, failures, opened_at = self._redis.mget(keys)
+        except redis.RedisError:  # as pybreaker does: the fallback state (closed)
+            return self._fallback_circuit_state, 0, None
+        return (
+            self._fallback_circuit_state
+            if state is None
+            else state
+            if isinstance(state, str)
+            else state.decode(),
+            int(failures or 0),
+            datetime.fromtimestamp(int(opened_at), UTC) if opened_at is not None else None,
+        )
 
 
 class _Failed(Exception):
@@ -49,7 +84,7 @@ class Breakers:
     def breaker(self, provider: str) -> pybreaker.CircuitBreaker:
         with self._lock:
             if provider not in self._breakers:
-                storage = pybreaker.CircuitRedisStorage(
+                storage = _Storage(
                     pybreaker.STATE_CLOSED, self.client, namespace=f"{self.namespace}.breaker.{provider}"
                 )
                 self._breakers[provider] = pybreaker.CircuitBreaker(
@@ -64,17 +99,27 @@ class Breakers:
         """closed, open or half-open."""
         return str(self.breaker(provider).current_state)
 
-    def allows(self, provider: str) -> bool:
+    def check(self, provider: str) -> BreakerCheck:
         """May an attempt go to this provider now? (An open breaker allows one trial after the timeout.)"""
-        breaker = self.breaker(provider)
-        if breaker.current_state != pybreaker.STATE_OPEN:
-            return True
-        opened_at = breaker._state_storage.opened_at
-        if opened_at is None:
-            return True
-        return (datetime.now(UTC) - opened_at).total_seconds() >= self.reset_timeout_s
+        storage = self.breaker(provider)._state_storage
+        assert isinstance(storage, _Storage)
+        state, failures, opened_at = storage.snapshot()
+        allows = (
+            state != pybreaker.STATE_OPEN
+            or opened_at is None
+            or (datetime.now(UTC) - opened_at).total_seconds() >= self.reset_timeout_s
+        )
+        return BreakerCheck(state, failures, allows)
 
-    def success(self, provider: str) -> None:
+    def allows(self, provider: str) -> bool:
+        return self.check(provider).allows
+
+    def success(self, provider: str, seen: BreakerCheck | None = None) -> None:
+        """An attempt succeeded. ``seen``: the check made before it, if it found nothing to reset
+        (closed, no failures) this costs nothing; failures counted meanwhile by other processes stay
+        counted until the next success."""
+        if seen is not None and seen.clean:
+            return
         breaker = self.breaker(provider)
         if breaker.current_state == pybreaker.STATE_CLOSED and breaker.fail_counter == 0:
             return  # nothing to reset: spare every request pybreaker's lock and its Redis writes

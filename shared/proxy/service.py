@@ -321,7 +321,8 @@ class ProxyService:
     ) -> ApiResponse | StreamingResult:
         last: UpstreamError | None = None
         for target in targets:
-            if not self.breakers.allows(target.provider):
+            check = self.breakers.check(target.provider)
+            if not check.allows:
                 last = UpstreamError(
                     "breaker_open", f"{target.provider} is failing; its circuit is open", retryable=True
                 )
@@ -344,7 +345,7 @@ class ProxyService:
                         result = self._attempt(
                             request, target, provider, upstream_body, reservation, prompt_text, span
                         )
-                    self.breakers.success(target.provider)
+                    self.breakers.success(target.provider, check)
                     return result
                 except UpstreamError as e:
                     span.set_attribute("llm.outcome", e.kind)
@@ -358,7 +359,8 @@ class ProxyService:
                     if not e.retryable:
                         raise self._client_error(e) from None
                     self.breakers.failure(target.provider)
-                    if not self.breakers.allows(target.provider):
+                    check = self.breakers.check(target.provider)
+                    if not check.allows:
                         break
                     wait = self.retry.delay(attempt, e.retry_after_s)
                     if wait is None or attempt + 1 == self.retry.attempts_per_target:

@@ -118,6 +118,10 @@ class SSEParser(Generic[_Item]):
             if buf.startswith(_BOM):
                 buf = buf[len(_BOM) :]
         out: list[Any] = []
+        if not self._in_block and buf[-2:] == b"\n\n" and b"\r" not in buf:
+            self._buf = b""
+            self._whole_events(buf, out)
+            return out
         pos = 0
         for m in _LINE_END.finditer(buf):
             end = m.start()
@@ -127,6 +131,21 @@ class SSEParser(Generic[_Item]):
             pos = m.end()
         self._buf = buf[pos:]
         return out
+
+    def _whole_events(self, buf: bytes, out: list[Any]) -> None:
+        """Complete LF-only blocks, as providers send them: the common shapes without line-by-line work."""
+        for block in buf[:-2].split(b"\n\n"):
+            if block[:6] == b"data: " and b"\n" not in block:
+                out.append(SSEEvent(None, block[6:].decode("utf-8", "replace")))
+                continue
+            if block[:7] == b"event: ":
+                name, sep, data = block.partition(b"\ndata: ")
+                if sep and b"\n" not in data and b"\n" not in name:
+                    out.append(SSEEvent(name[7:].decode("utf-8", "replace"), data.decode("utf-8", "replace")))
+                    continue
+            for line in block.split(b"\n"):
+                self._line(line, out)
+            self._line(b"", out)
 
     def close(self) -> list[_Item]:
         """End of stream. Per the spec an unterminated event is discarded (``has_partial`` tells first)."""
@@ -172,6 +191,8 @@ def encode_event(data: Any, event: str | None = None, *, id: str | None = None) 
     """One complete SSE event. ``data`` that is not a ``str`` is sent as compact JSON; newlines in a ``str``
     become several ``data:`` lines (which a parser joins back with ``"\\n"``)."""
     text = data if isinstance(data, str) else _dumps(data)
+    if event is None and id is None and "\n" not in text and "\r" not in text:
+        return b"data: %b\n\n" % text.encode("utf-8")
     parts: list[str] = []
     if event is not None:
         _check_single_line(event, "event")

@@ -1,28 +1,29 @@
 """One attempt against one provider, with every timeout the proxy promises.
 
-The first event of a stream is read in the caller's thread, bounded by ``first_token_s`` (the
-socket's read timeout; nothing has gone to the client yet, so there is nothing to keep alive) —
-when ``first_token_s >= idle_s``, the usual case; otherwise the thread below reads it too.
-From then on the stream is read on a background thread into a queue, so the proxy can wait with
-a deadline — each next chunk within ``idle_s``, the whole stream within ``total_s`` — and send
-keep-alive comments while it waits. Starting that thread only after the first event keeps its
-start-up (a thread hand-off, slow when many requests arrive at once) off the time to first token.
-Closing the stream (a timeout, or a client that went away) closes the upstream connection.
+A stream is read in the request's own thread: its response is iterated inside a greenlet
+(:class:`~shared.proxy.paced.Pacer`) whose network reads wait in slices, so each chunk costs one
+wake-up, and a quiet wire still gives the caller a keep-alive every ``keepalive_s`` and an error
+at the deadlines — the first token within ``first_token_s`` of the request, each next event within
+``idle_s`` of the last, the whole stream within ``total_s``. This needs the client's transport to
+be :class:`~shared.proxy.paced.PacedTransport`; over another one the reads simply block, bounded
+by the request's read timeout. Closing the stream (a timeout, or a client that went away) closes
+the upstream connection.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
-import queue
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import greenlet
 import httpx
 
+from .paced import Pacer
 from .providers.base import RETRYABLE_STATUSES, UpstreamRequest, retry_after_s
 from .routing import Timeouts
 from .sse import SSEEvent, SSEParser
@@ -109,11 +110,41 @@ def call(client: httpx.Client, request: UpstreamRequest, timeouts: Timeouts) -> 
         raise UpstreamError("protocol", "the provider sent a body that is not JSON", retryable=True) from None
 
 
+class _Deadline(Exception):
+    """Raised inside the reader when a deadline has passed (the stream says which)."""
+
+
+class _Reader(Pacer):
+    """Iterates one response, switching to whoever asks for events with each batch read."""
+
+    def __init__(self, stream: UpstreamStream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def run(self) -> object:
+        stream = self.stream
+        for chunk in stream._response.iter_raw():
+            events = stream._parser.feed(chunk)
+            if events:
+                self.parent.switch(events)  # one switch per network read, not per event
+        return _END
+
+    def wait_s(self) -> float:
+        wait = self.stream._wait_until() - time.monotonic()
+        if wait <= 0:
+            raise _Deadline
+        return min(wait, self.stream.keepalive_s)
+
+    def quiet(self) -> None:
+        if time.monotonic() < self.stream._wait_until():
+            self.parent.switch(KEEPALIVE)
+
+
 class UpstreamStream:
     """An open SSE response from a provider.
 
     Parameters:
-      client(httpx.Client): Pooled connections to the provider.
+      client(httpx.Client): Pooled connections to the provider (on a ``PacedTransport``).
       request(UpstreamRequest)
       timeouts(Timeouts)
       keepalive_s(float): How often to report a quiet stream (:data:`KEEPALIVE`).
@@ -124,20 +155,16 @@ class UpstreamStream:
     ):
         self.timeouts = timeouts
         self.keepalive_s = keepalive_s
-        # Lists of events (one per network read), end, error. SimpleQueue: its hand-over costs a third
-        # of queue.Queue's (measured), and there is one per network read.
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: collections.deque[SSEEvent] = collections.deque()
         self._started = time.monotonic()
         self._deadline = self._started + timeouts.total_s
         self._got_first = False
         self._last_event_at = self._started  # keep-alives must not restart the idle clock
+        self._ended = False
         self._closed = False
-        # connect bounds the connection; read bounds each socket read: the status line, headers and
-        # first event (first_token_s), then every later read, which the deadlines below cut sooner.
-        self._first_inline = timeouts.first_token_s >= timeouts.idle_s
-        read_s = timeouts.first_token_s if self._first_inline else timeouts.idle_s
-        timeout = httpx.Timeout(read_s, connect=timeouts.connect_s)
+        # connect bounds the connection, read the status line and headers; the body's reads are
+        # bounded by the deadlines (the reader's slices).
+        timeout = httpx.Timeout(min(timeouts.first_token_s, timeouts.total_s), connect=timeouts.connect_s)
         try:
             self._response = client.send(
                 client.build_request(
@@ -163,101 +190,63 @@ class UpstreamStream:
             finally:
                 self._response.close()
             raise _http_error(self._response)
-        self._chunks = self._response.iter_raw()
         self._parser = SSEParser()
-        self._reader: threading.Thread | None = None
+        self._reader = _Reader(self)
 
     @property
     def elapsed_s(self) -> float:
         return time.monotonic() - self._started
 
-    def _read(self) -> None:
-        try:
-            for chunk in self._chunks:
-                events = self._parser.feed(chunk)
-                if events:
-                    self._queue.put(events)  # one hand-over per read, not per event
-            self._queue.put(_END)
-        except Exception as e:  # the connection was cut, or we closed it
-            self._queue.put(e)
-
-    def _read_first(self) -> SSEEvent | None:
-        """Read in this thread until the first event (None: the stream ended before any)."""
-        try:
-            for chunk in self._chunks:
-                events = self._parser.feed(chunk)
-                if events:
-                    self._pending.extend(events)
-                    return self._pending.popleft()
-                if time.monotonic() >= min(self._deadline, self._started + self.timeouts.first_token_s):
-                    raise httpx.ReadTimeout("no event yet")  # only comments so far, and time is up
-            return None
-        except httpx.TimeoutException:
-            self.close()
-            waited = self.timeouts.first_token_s
-            raise UpstreamError(
-                "first_token_timeout",
-                f"the provider sent nothing for {waited:g}s while waiting for the first token",
-                retryable=True,
-            ) from None
-        except httpx.TransportError:
-            self.close()
-            raise UpstreamError(
-                "protocol", "the provider closed the stream before it was complete", retryable=True
-            ) from None
+    def _wait_until(self) -> float:
+        """When the event being waited for is late: the first token's, the next chunk's or the end."""
+        limit = self.timeouts.idle_s if self._got_first else self.timeouts.first_token_s
+        return min(self._last_event_at + limit, self._deadline)
 
     def next_event(self) -> SSEEvent | KeepAlive | None:
         """The next event, KEEPALIVE after a quiet interval, None at a clean end; or UpstreamError."""
         if self._pending:
             return self._deliver(self._pending.popleft())
-        if self._reader is None:
-            if self._first_inline and not self._got_first:
-                first = self._read_first()
-                # The reader thread starts on the next call, once this event has gone out.
-                return None if first is None else self._deliver(first)
-            # From here the reader thread reads, and this thread waits on its queue with deadlines.
-            self._reader = threading.Thread(target=self._read, name="upstream-reader", daemon=True)
-            self._reader.start()
-        limit, kind = (
-            (self.timeouts.idle_s, "idle_timeout")
-            if self._got_first
-            else (
-                self.timeouts.first_token_s,
-                "first_token_timeout",
+        if self._ended:
+            return None
+        if time.monotonic() >= self._deadline:
+            raise self._timed_out()
+        asking = greenlet.getcurrent()
+        if self._reader.parent is not asking:
+            self._reader.parent = asking  # switch back to whoever asks
+        try:
+            item = self._reader.switch()
+        except (_Deadline, httpx.TimeoutException):  # the latter: a read timeout on another transport
+            raise self._timed_out() from None
+        except (httpx.TransportError, httpx.StreamError):  # the connection was cut
+            self.close()
+            raise UpstreamError(
+                "protocol",
+                "the provider closed the stream before it was complete",
+                retryable=not self._got_first,
+            ) from None
+        if item is KEEPALIVE:
+            return KEEPALIVE
+        if item is _END:
+            self._ended = True
+            return None
+        self._pending.extend(item)
+        return self._deliver(self._pending.popleft())
+
+    def _timed_out(self) -> UpstreamError:
+        self.close()
+        if time.monotonic() >= self._deadline:
+            return UpstreamError(
+                "total_timeout", "the stream took longer than allowed", retryable=not self._got_first
             )
+        if self._got_first:
+            kind, limit, what = "idle_timeout", self.timeouts.idle_s, "the next chunk"
+        else:
+            kind, limit, what = "first_token_timeout", self.timeouts.first_token_s, "the first token"
+        return UpstreamError(
+            kind,
+            f"the provider sent nothing for {limit:g}s while waiting for {what}",
+            retryable=not self._got_first,
         )
-        wait_until = min(self._last_event_at + limit, self._deadline)
-        while True:
-            now = time.monotonic()
-            if now >= wait_until:
-                self.close()
-                if now >= self._deadline:
-                    raise UpstreamError(
-                        "total_timeout", "the stream took longer than allowed", retryable=not self._got_first
-                    )
-                what = "the first token" if kind == "first_token_timeout" else "the next chunk"
-                raise UpstreamError(
-                    kind,
-                    f"the provider sent nothing for {limit:g}s while waiting for {what}",
-                    retryable=not self._got_first,
-                )
-            try:
-                item = self._queue.get(timeout=min(wait_until - now, self.keepalive_s))
-            except queue.Empty:
-                if time.monotonic() < wait_until:
-                    return KEEPALIVE
-                continue
-            if item is _END:
-                return None
-            if isinstance(item, Exception):
-                self.close()
-                raise UpstreamError(
-                    "protocol",
-                    "the provider closed the stream before it was complete",
-                    retryable=not self._got_first,
-                )
-            self._pending.extend(item)
-            return self._deliver(self._pending.popleft())
 
     def _deliver(self, event: SSEEvent) -> SSEEvent:
         self._got_first = True
@@ -272,9 +261,12 @@ class UpstreamStream:
             yield event
 
     def close(self) -> None:
-        """Close the upstream connection (the reader thread then ends)."""
+        """Close the upstream connection (a reader waiting in it is unwound first, in its thread)."""
         if not self._closed:
             self._closed = True
+            if self._reader:  # started and suspended: end it where it waits, which closes the stream
+                with contextlib.suppress(greenlet.error):  # another thread: its collector ends it
+                    self._reader.throw(greenlet.GreenletExit)
             self._response.close()
 
 
