@@ -14,12 +14,13 @@ chunks 10 ms apart, the finish chunk, a usage chunk and ``data: [DONE]`` (ideal 
   proxy in turn (the order alternates), and each concurrent batch of the one is followed by a batch
   of the other. Before measuring, each target gets a few untimed streams and one untimed
   50-wide batch that opens its connections; that batch is still reported ("cold").
-* Client: one ``httpx.AsyncClient`` per target (keep-alive pool of ``--conc`` connections, kept
-  open across phases), SSE
-  parsed from the raw reads. TTFB = request start -> the first ``data:`` event with non-empty
-  ``choices``; total = request start -> ``data: [DONE]``. The time of each read is the arrival
-  time of the events in it; a content chunk "arrived separately" when it came more than 5 ms
-  after the previous one. A buffering proxy gives ~1 separate arrival per stream, not ~50.
+* Client: one :class:`bench.lean_client.LeanClient` per target (asyncio streams, keep-alive
+  connections kept open across phases; httpx's async client burnt more CPU than the proxy, on the
+  cores the proxy shares with it), SSE parsed from the raw reads. TTFB = request start -> the
+  first ``data:`` event with non-empty ``choices``; total = request start -> ``data: [DONE]``.
+  The time of each read is the arrival time of the events in it; a content chunk "arrived
+  separately" when it came more than 5 ms after the previous one. A buffering proxy gives ~1
+  separate arrival per stream, not ~50.
 * Proxy CPU: psutil (the server process and its children) around the proxy's own requests (each
   sequential request, each concurrent batch), divided by the streams. The fake's, Redis's and
   this process's CPU are measured the same way. RSS of the proxy: after start, after warm-up,
@@ -60,6 +61,7 @@ import redis
 
 from bench.fake_provider import ROUTING_POLICY as POLICY
 from bench.fake_provider import provider_env, set_fake_state
+from bench.lean_client import LeanClient, LeanResponse
 from infra.local_api import local_api
 from infra.redis_server import free_port, start_redis, stop_process
 from localstack.bootstrap import bootstrap
@@ -274,34 +276,34 @@ def arrivals_summary(sample: Sample, arrivals: list[float]) -> None:
         sample.max_gap_ms = max(gaps) * 1000
 
 
-async def one_stream(client: httpx.AsyncClient, url: str, headers: dict[str, str], sample: Sample) -> Sample:
+async def one_stream(client: LeanClient, path: str, headers: dict[str, str], sample: Sample) -> Sample:
     arrivals: list[float] = []
     parser = SSEParser()
     t0 = time.perf_counter()
     try:
-        async with client.stream("POST", url, json=BODY, headers=headers) as response:
-            sample.status = response.status_code
-            sample.headers_ms = (time.perf_counter() - t0) * 1000
-            async for raw in response.aiter_raw():
-                now = time.perf_counter()
-                for event in parser.feed(raw):
-                    if event.data == "[DONE]":
-                        sample.done = True
-                        sample.total_ms = (now - t0) * 1000
-                        continue
-                    data = json.loads(event.data)
-                    choices = data.get("choices")
-                    if choices:
-                        if sample.ttfb_ms != sample.ttfb_ms:  # NaN: the first
-                            sample.ttfb_ms = (now - t0) * 1000
-                        if (choices[0].get("delta") or {}).get("content"):
-                            arrivals.append(now)
-                    elif data.get("usage"):
-                        sample.usage = True
-                    if "error" in data:
-                        sample.error = str(data["error"])[:200]
-            # read to the end of the body so the connection goes back to the pool
-    except (httpx.HTTPError, ValueError) as e:
+        async for piece in client.stream(path, BODY, headers):
+            now = time.perf_counter()
+            if isinstance(piece, LeanResponse):
+                sample.status = piece.status_code
+                sample.headers_ms = (now - t0) * 1000
+                continue
+            for event in parser.feed(piece):
+                if event.data == "[DONE]":
+                    sample.done = True
+                    sample.total_ms = (now - t0) * 1000
+                    continue
+                data = json.loads(event.data)
+                choices = data.get("choices")
+                if choices:
+                    if sample.ttfb_ms != sample.ttfb_ms:  # NaN: the first
+                        sample.ttfb_ms = (now - t0) * 1000
+                    if (choices[0].get("delta") or {}).get("content"):
+                        arrivals.append(now)
+                elif data.get("usage"):
+                    sample.usage = True
+                if "error" in data:
+                    sample.error = str(data["error"])[:200]
+    except (OSError, TimeoutError, ValueError) as e:
         sample.error = f"{type(e).__name__}: {e}"[:200]
     arrivals_summary(sample, arrivals)
     return sample
@@ -313,9 +315,9 @@ async def one_stream(client: httpx.AsyncClient, url: str, headers: dict[str, str
 @dataclasses.dataclass
 class Target:
     name: str
-    url: str
+    path: str
     headers: dict[str, str]
-    client: httpx.AsyncClient
+    client: LeanClient
     meter: Meter
 
 
@@ -324,7 +326,7 @@ async def run_sequential(targets: list[Target], n: int, mode: str = "seq") -> di
     for i in range(n):
         for t in targets if i % 2 == 0 else targets[::-1]:
             before = t.meter.snapshot()
-            out[t.name].append(await one_stream(t.client, t.url, t.headers, Sample(t.name, mode)))
+            out[t.name].append(await one_stream(t.client, t.path, t.headers, Sample(t.name, mode)))
             t.meter.add(before)
     return out
 
@@ -339,7 +341,7 @@ async def run_batches(
             with sampling:
                 before = t.meter.snapshot()
                 got = await asyncio.gather(
-                    *(one_stream(t.client, t.url, t.headers, Sample(t.name, mode)) for _ in range(width))
+                    *(one_stream(t.client, t.path, t.headers, Sample(t.name, mode)) for _ in range(width))
                 )
                 t.meter.add(before)
             out[t.name].extend(got)
@@ -513,13 +515,8 @@ def verdicts(
 async def measure(
     args: argparse.Namespace, fake_url: str, proxy_url: str, token: str, procs: dict[str, psutil.Process]
 ) -> dict[str, Any]:
-    # Connections opened by the warm-up stay open through the sequential phase (minutes long; httpx
-    # drops idle ones after 5 s by default), so every measured batch runs on warm connections as
-    # designed and only the "cold" batch pays for new ones.
-    limits = httpx.Limits(
-        max_connections=args.conc, max_keepalive_connections=args.conc, keepalive_expiry=3600
-    )
-    timeout = httpx.Timeout(30.0)
+    # Connections opened by the warm-up stay open through the whole run, so every measured batch
+    # runs on warm connections as designed and only the "cold" batch pays for new ones.
     rss_start = procs["proxy"].memory_info().rss
     threads_idle = procs["proxy"].num_threads()
 
@@ -528,23 +525,21 @@ async def measure(
         proxied = Meter(procs)
         return direct, proxied
 
-    async with (
-        httpx.AsyncClient(limits=limits, timeout=timeout) as direct_client,
-        httpx.AsyncClient(limits=limits, timeout=timeout) as proxy_client,
-    ):
+    direct_client, proxy_client = LeanClient(fake_url), LeanClient(proxy_url)
+    try:
 
         def targets(direct_meter: Meter, proxy_meter: Meter) -> list[Target]:
             return [
                 Target(
                     "direct",
-                    f"{fake_url}/openai/v1/chat/completions",
+                    "/openai/v1/chat/completions",
                     {"Authorization": "Bearer sk-bench"},
                     direct_client,
                     direct_meter,
                 ),
                 Target(
                     "proxy",
-                    f"{proxy_url}/v1/chat/completions",
+                    "/v1/chat/completions",
                     {"Authorization": f"Bearer {token}"},
                     proxy_client,
                     proxy_meter,
@@ -576,6 +571,9 @@ async def measure(
 
         log(f"openai SDK: {args.sdk} streams per target, sequential, interleaved")
         results["sdk"] = await sdk_check(fake_url, proxy_url, token, args.sdk)
+    finally:
+        await direct_client.aclose()
+        await proxy_client.aclose()
 
     rss_end = procs["proxy"].memory_info().rss
     peaks = tracking.batches
