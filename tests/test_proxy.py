@@ -24,6 +24,7 @@ from shared.cost.budget import BudgetGuard, Period, worst_case_cost
 from shared.cost.ledger import CostLedger
 from shared.cost.prices import PriceTable, Usage
 from shared.proxy.paced import PacedTransport
+from shared.proxy.providers.base import UpstreamRequest
 from shared.proxy.providers.openai import OpenAIProvider
 from shared.proxy.routing import Route, Target, Timeouts
 from shared.proxy.sse import SSEEvent
@@ -247,6 +248,12 @@ def test_a_stall_ends_the_stream_with_an_error_event_within_the_idle_timeout(
     assert "sent nothing" in str(error.value)
 
 
+def stream_request(fake: str, knobs: str) -> UpstreamRequest:
+    """A streaming request to the fake's OpenAI API, the fake's knobs in the model name."""
+    body = {"model": f"gpt-4o-mini::{knobs}", "messages": USER, "stream": True}
+    return OpenAIProvider(f"{fake}/openai/v1").request(body, "k")
+
+
 def paced_client() -> httpx.Client:
     return httpx.Client(transport=PacedTransport(limits=httpx.Limits(max_connections=4)))
 
@@ -265,10 +272,7 @@ def read_all(stream: UpstreamStream) -> tuple[list[SSEEvent], int]:
 
 
 def test_a_slow_first_token_times_out_at_first_token_s_and_is_retryable(fake: str) -> None:
-    provider = OpenAIProvider(f"{fake}/openai/v1")
-    request = provider.request(
-        {"model": "gpt-4o-mini::first_token_ms=3000", "messages": USER, "stream": True}, "k"
-    )
+    request = stream_request(fake, "first_token_ms=3000")
     timeouts = Timeouts(connect_s=2, first_token_s=0.4, idle_s=1.0, total_s=30)
     with paced_client() as client:
         started = time.monotonic()
@@ -281,10 +285,7 @@ def test_a_slow_first_token_times_out_at_first_token_s_and_is_retryable(fake: st
 
 
 def test_a_stream_is_read_in_the_callers_thread_with_keepalives_across_a_gap(fake: str) -> None:
-    provider = OpenAIProvider(f"{fake}/openai/v1")
-    request = provider.request(
-        {"model": "gpt-4o-mini::chunks=6;stall_after=3;stall_ms=700", "messages": USER, "stream": True}, "k"
-    )
+    request = stream_request(fake, "chunks=6;stall_after=3;stall_ms=700")
     timeouts = Timeouts(connect_s=2, first_token_s=2, idle_s=2, total_s=10)
     with paced_client() as client:
         threads = threading.active_count()
@@ -299,10 +300,7 @@ def test_a_stream_is_read_in_the_callers_thread_with_keepalives_across_a_gap(fak
 
 
 def test_an_idle_upstream_times_out_and_its_connection_is_closed(fake: str) -> None:
-    provider = OpenAIProvider(f"{fake}/openai/v1")
-    request = provider.request(
-        {"model": "gpt-4o-mini::chunks=6;stall_after=2;stall_ms=5000", "messages": USER, "stream": True}, "k"
-    )
+    request = stream_request(fake, "chunks=6;stall_after=2;stall_ms=5000")
     timeouts = Timeouts(connect_s=2, first_token_s=2, idle_s=0.3, total_s=10)
     before = fake_stats(fake)["streams_client_closed"]
     with paced_client() as client:
@@ -320,10 +318,7 @@ def test_an_idle_upstream_times_out_and_its_connection_is_closed(fake: str) -> N
 
 
 def test_closing_a_stream_mid_read_closes_the_upstream_connection(fake: str) -> None:
-    provider = OpenAIProvider(f"{fake}/openai/v1")
-    request = provider.request(
-        {"model": "gpt-4o-mini::chunks=40;interval_ms=50", "messages": USER, "stream": True}, "k"
-    )
+    request = stream_request(fake, "chunks=40;interval_ms=50")
     timeouts = Timeouts(connect_s=2, first_token_s=2, idle_s=2, total_s=10)
     before = fake_stats(fake)["streams_client_closed"]
     with paced_client() as client:

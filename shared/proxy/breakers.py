@@ -118,13 +118,10 @@ class Breakers:
         """An attempt succeeded. ``seen``: the check made before it, if it found nothing to reset
         (closed, no failures) this costs nothing; failures counted meanwhile by other processes stay
         counted until the next success."""
-        if seen is not None and seen.clean:
-            return
-        breaker = self.breaker(provider)
-        if breaker.current_state == pybreaker.STATE_CLOSED and breaker.fail_counter == 0:
+        if (seen or self.check(provider)).clean:
             return  # nothing to reset: spare every request pybreaker's lock and its Redis writes
         with contextlib.suppress(pybreaker.CircuitBreakerError):
-            breaker.call(_succeed)
+            self.breaker(provider).call(_succeed)
 
     def failure(self, provider: str) -> None:
         with contextlib.suppress(_Failed, pybreaker.CircuitBreakerError):
