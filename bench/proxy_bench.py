@@ -23,8 +23,9 @@ chunks 10 ms apart, the finish chunk, a usage chunk and ``data: [DONE]`` (ideal 
   separate arrival per stream, not ~50.
 * Proxy CPU: psutil (the server process and its children) around the proxy's own requests (each
   sequential request, each concurrent batch), divided by the streams. The fake's, Redis's and
-  this process's CPU are measured the same way. RSS of the proxy: after start, after warm-up,
-  the peak during its concurrent batches (sampled every 20 ms) and at the end.
+  this process's CPU are measured the same way. RSS of the proxy (summed over its processes, an
+  upper bound: they share pages): after start, after warm-up, the peak during its concurrent
+  batches (sampled every 20 ms) and at the end.
 * "other load": the share of the machine's CPU used by processes outside the bench during a
   phase. Near 0 % means the numbers are clean; all processes share the machine's cores.
 * A short check with the official ``openai`` SDK (``AsyncOpenAI``) through the proxy and direct.
@@ -160,8 +161,19 @@ class Meter:
         return max(0.0, self.busy - ours) / (self.wall * (os.cpu_count() or 1)) if self.wall else 0.0
 
 
+def tree_rss(proc: psutil.Process) -> tuple[int, int]:
+    """RSS and threads of a process and its children, summed (a pre-forked server's processes
+    share the pages they inherited, so the sum overstates its memory: an upper bound)."""
+    rss = threads = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rss += p.memory_info().rss
+            threads += p.num_threads()
+    return rss, threads
+
+
 class RssSampler:
-    """RSS and thread count of a process, sampled on a thread during each ``sampling()`` block.
+    """RSS and thread count of a process tree, sampled on a thread during each ``sampling()`` block.
 
     ``batches`` gets one ``(rss before, peak rss, peak threads)`` per block.
     """
@@ -173,15 +185,16 @@ class RssSampler:
 
     @contextlib.contextmanager
     def sampling(self) -> Iterator[None]:
-        base = self.proc.memory_info().rss
-        peak = [base, self.proc.num_threads()]
+        base, threads = tree_rss(self.proc)
+        peak = [base, threads]
         stop = threading.Event()
 
         def run() -> None:
             while not stop.is_set():
                 with contextlib.suppress(psutil.NoSuchProcess):
-                    peak[0] = max(peak[0], self.proc.memory_info().rss)
-                    peak[1] = max(peak[1], self.proc.num_threads())
+                    rss, threads = tree_rss(self.proc)
+                    peak[0] = max(peak[0], rss)
+                    peak[1] = max(peak[1], threads)
                 stop.wait(self.every_s)
 
         thread = threading.Thread(target=run, daemon=True)
@@ -517,8 +530,7 @@ async def measure(
 ) -> dict[str, Any]:
     # Connections opened by the warm-up stay open through the whole run, so every measured batch
     # runs on warm connections as designed and only the "cold" batch pays for new ones.
-    rss_start = procs["proxy"].memory_info().rss
-    threads_idle = procs["proxy"].num_threads()
+    rss_start, threads_idle = tree_rss(procs["proxy"])
 
     def meters() -> tuple[Meter, Meter]:
         direct = Meter({"fake": procs["fake"], "client": procs["client"]})
@@ -553,7 +565,7 @@ async def measure(
         cold = meters()
         results["cold"] = await run_batches(targets(*cold), args.conc, 1, mode="cold")
         cpu["cold (1 batch)"] = cpu_row(cold[1], args.conc)
-        rss_warm = procs["proxy"].memory_info().rss
+        rss_warm = tree_rss(procs["proxy"])[0]
 
         log(f"sequential: {args.seq} streams per target, interleaved")
         seq = meters()
@@ -575,7 +587,7 @@ async def measure(
         await direct_client.aclose()
         await proxy_client.aclose()
 
-    rss_end = procs["proxy"].memory_info().rss
+    rss_end = tree_rss(procs["proxy"])[0]
     peaks = tracking.batches
     memory = {
         "start": rss_start,

@@ -20,7 +20,7 @@ from chalice import Chalice, Response
 from chalice.app import Request
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 
 from shared.api.errors import STATUS_CODES, ApiError, error_body
 from shared.api.function_url import buffered
@@ -30,6 +30,7 @@ from shared.api.streaming import StreamingResponse
 from shared.api.trace_context import inbound_context, outbound_headers
 from shared.config import Settings
 from shared.proxy.service import StreamingResult
+from shared.telemetry.exposition import exposition
 from shared.telemetry.logging import configure_logging
 from shared.telemetry.tracing import configure_tracing
 
@@ -209,11 +210,12 @@ def rollback_prompt(name: str) -> Response:
 
 @app.route("/metrics", methods=["GET"])
 def metrics() -> Response:
-    """Prometheus exposition of this process's metrics: the proxy's and cache's (the services'
-    registry) and the process-wide ones (webhook intake, log shipping, process); scraped on the
-    private network."""
+    """Prometheus exposition: the proxy's and cache's metrics (the services' registry) and the
+    process-wide ones (webhook intake, log shipping, process) — of every process when the server is
+    pre-forked; scraped on the private network."""
+    built = services()
     return Response(
-        body=(generate_latest(services().registry) + generate_latest(REGISTRY)).decode(),
+        body=exposition(built.registry, REGISTRY, multiprocess_dir=built.metrics_dir).decode(),
         status_code=200,
         headers={"Content-Type": CONTENT_TYPE_LATEST},
     )

@@ -243,10 +243,16 @@ class Settings:
     proxy_backoff_max_s: float = 8.0
     proxy_max_body_bytes: int = 1024 * 1024
     proxy_default_max_tokens: int = 4096
+    #: Proxy requests of one process admitted at once (token, limits, budget, routing); 0: no gate.
+    proxy_admission_width: int = 2
     breaker_fail_max: int = 5
     breaker_reset_timeout_s: float = 30.0
     metrics_port: int = 9191
     api_port: int = 8000
+    #: Processes of the local server (``functions.serve``) sharing its socket; 0: one per CPU.
+    serve_workers: int = 0
+    #: prometheus_client's multiprocess directory (set by ``functions.serve`` when it forks).
+    prometheus_multiproc_dir: str | None = None
     log_level: str = "INFO"
     otel_service_name: str = "pressline"
     otel_exporter_otlp_endpoint: str | None = None
@@ -400,12 +406,15 @@ class Settings:
             proxy_default_max_tokens=_int(
                 env, "PRESSLINE_PROXY_DEFAULT_MAX_TOKENS", default.proxy_default_max_tokens
             ),
+            proxy_admission_width=_int(env, "PRESSLINE_PROXY_ADMISSION_WIDTH", default.proxy_admission_width),
             breaker_fail_max=_int(env, "PRESSLINE_BREAKER_FAIL_MAX", default.breaker_fail_max),
             breaker_reset_timeout_s=_float(
                 env, "PRESSLINE_BREAKER_RESET_TIMEOUT_S", default.breaker_reset_timeout_s
             ),
             metrics_port=_int(env, "PRESSLINE_METRICS_PORT", default.metrics_port),
             api_port=_int(env, "PRESSLINE_API_PORT", default.api_port),
+            serve_workers=_int(env, "PRESSLINE_SERVE_WORKERS", default.serve_workers),
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
             log_level=(env.get("PRESSLINE_LOG_LEVEL") or default.log_level).upper(),
             otel_service_name=env.get("OTEL_SERVICE_NAME") or default.otel_service_name,
             otel_exporter_otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,

@@ -4,6 +4,7 @@ provider, with a real Redis (budgets, ledger, breakers) and moto (provider keys)
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,8 +12,10 @@ from collections.abc import Iterator
 import anthropic
 import httpx
 import openai
+import psutil
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.fake_provider import ROUTING_POLICY as POLICY
 from bench.fake_provider import fake_stats, provider_env, running_fake_provider, set_fake_state
@@ -57,6 +60,7 @@ def proxy(
         "PRESSLINE_BREAKER_FAIL_MAX": "3",
         "PRESSLINE_BREAKER_RESET_TIMEOUT_S": "60",
         "PRESSLINE_API_RATE_LIMIT": "1000/s:1000",
+        "PRESSLINE_SERVE_WORKERS": "2",  # pre-forked, as make run serves on this 2-core machine
     }
     with streaming_server(redis_server, scratch / "serve.log", **env) as url:
         yield url
@@ -506,3 +510,97 @@ def test_metrics_report_latency_tokens_cost_and_breaker_state(proxy: str, token:
     assert f'pressline_llm_tokens_total{{kind="output",{labels}}}' in text
     assert f"pressline_llm_cost_usd_total{{{labels}}}" in text
     assert 'pressline_llm_breaker_state{provider="groq",state="closed"} 1.0' in text
+
+
+def _count(text: str, name: str, labels: dict[str, str]) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_a_preforked_server_serves_from_every_process_and_its_metrics_sum_them(
+    proxy: str, token: str
+) -> None:
+    port = httpx.URL(proxy).port
+    ok = {"provider": "groq", "model": "llama-3.1-8b-instant", "outcome": "ok"}
+    before = _count(httpx.get(f"{proxy}/metrics").text, "pressline_llm_attempts_total", ok)
+    clients: list[httpx.Client] = []
+    owners: set[int] = set()
+    try:
+        for _ in range(60):  # a new connection each time, kept open, until both processes hold one
+            client = httpx.Client(base_url=proxy, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            clients.append(client)
+            reply = client.post("/v1/chat/completions", json={"model": "llama", "messages": USER})
+            assert reply.status_code == 200
+            owners = {
+                c.pid
+                for c in psutil.net_connections("tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port and c.pid
+            }
+            if len(owners) == 2:
+                break
+    finally:
+        for client in clients:
+            client.close()
+    assert len(owners) == 2  # two processes accepted connections from the one socket
+    text = httpx.get(f"{proxy}/metrics").text
+    assert _count(text, "pressline_llm_attempts_total", ok) - before == len(clients)
+    closed = 'pressline_llm_breaker_state{provider="groq",state="closed"}'
+    assert text.count(closed) == 1  # read live by the scraping process, not one stale copy per process
+
+
+def test_the_admission_gate_is_left_before_the_upstream_call(proxy: str, token: str, fake: str) -> None:
+    """Six streams whose first token takes 0.6 s, at once: were the gate (two wide per process) held
+    while the provider thinks, the last would wait for two others' first tokens."""
+    set_fake_state(fake, scenario={"openai": "first_token_ms=600;chunks=2"})
+    firsts: list[float] = []
+    start = time.monotonic()
+
+    def stream() -> None:
+        for chunk in oai(proxy, token).chat.completions.create(
+            model="gpt-4o-mini", messages=USER, stream=True
+        ):  # type: ignore[arg-type]
+            if chunk.choices and chunk.choices[0].delta.content:
+                firsts.append(time.monotonic() - start)
+                break
+
+    threads = [threading.Thread(target=stream) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(firsts) == 6
+    assert max(firsts) < 1.1  # all six waited for the provider together
+
+
+def test_the_pool_reuses_live_connections_and_keeps_at_most_its_keepalive_limit(fake: str) -> None:
+    request = stream_request(fake, "chunks=2")
+    timeouts = Timeouts(connect_s=2, first_token_s=5, idle_s=5, total_s=10)
+    limits = httpx.Limits(max_connections=6, max_keepalive_connections=2, keepalive_expiry=60)
+    with httpx.Client(transport=PacedTransport(limits=limits)) as client:
+        for _ in range(3):  # one after another: one connection, reused
+            read_all(UpstreamStream(client, request, timeouts, keepalive_s=1))
+        pool = client._transport._pool  # type: ignore[attr-defined]
+        assert len(pool.connections) == 1
+        streams = [UpstreamStream(client, request, timeouts, keepalive_s=1) for _ in range(5)]
+        assert len(pool.connections) == 5  # five at once: five connections
+        for s in streams:
+            read_all(s)
+        pool._next_sweep = 0.0  # the next request sweeps now, not within the second
+        read_all(UpstreamStream(client, request, timeouts, keepalive_s=1))
+        assert len(pool.connections) == 2 and all(c.is_idle() for c in pool.connections)
+
+
+def test_the_pool_never_hands_out_a_connection_the_server_closed(fake: str) -> None:
+    request = stream_request(fake, "chunks=2")
+    timeouts = Timeouts(connect_s=2, first_token_s=5, idle_s=5, total_s=10)
+    with paced_client() as client:
+        read_all(UpstreamStream(client, request, timeouts, keepalive_s=1))
+        pool = client._transport._pool  # type: ignore[attr-defined]
+        (idle,) = pool.connections
+        idle._connection._network_stream._stream._sock.shutdown(socket.SHUT_RD)  # reads as closed
+        events, _ = read_all(UpstreamStream(client, request, timeouts, keepalive_s=1))
+        assert events[-1].data == "[DONE]"
+        assert idle not in pool.connections

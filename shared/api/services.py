@@ -24,6 +24,7 @@ from shared.outbound import publish_event
 from shared.payloads import PayloadStore
 from shared.prompts import PromptStore
 from shared.proxy.accounting import CostAccounting
+from shared.proxy.admission import Admission
 from shared.proxy.breakers import Breakers
 from shared.proxy.keys import ProviderKeys
 from shared.proxy.metrics import ProxyMetrics
@@ -55,6 +56,8 @@ class Services:
     prompts: PromptsApi
     broker: RedisStreamsBroker
     registry: CollectorRegistry
+    #: Set when the server is pre-forked: /metrics then sums every process's files.
+    metrics_dir: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, tracer_provider: TracerProvider | None = None) -> Services:
@@ -102,6 +105,7 @@ class Services:
             prompts=PromptsApi(guard, proxy.prompts or PromptStore(client, settings.namespace)),
             broker=broker,
             registry=registry,
+            metrics_dir=settings.prometheus_multiproc_dir,
         )
 
 
@@ -169,4 +173,5 @@ def build_proxy(
         default_max_tokens=settings.proxy_default_max_tokens,
         cache=cache,
         prompts=prompts,
+        admission=Admission(settings.proxy_admission_width),
     )

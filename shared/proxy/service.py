@@ -36,6 +36,7 @@ from shared.prompts import PromptStore
 from shared.prompts import render as render_prompt
 
 from . import translate
+from .admission import Admission
 from .breakers import Breakers
 from .keys import ProviderKeyError, ProviderKeys
 from .metrics import ProxyMetrics
@@ -139,6 +140,7 @@ class ProxyService:
       sleep: Waits between retries (a parameter for tests).
       cache(ResponseCache | None): The response cache (shared.cache); None: no caching.
       prompts(PromptStore | None): The prompt library a request names with ``prompt``.
+      admission(Admission | None): Admits a burst of requests a few at a time, in order.
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class ProxyService:
         sleep: Callable[[float], None] = time.sleep,
         cache: ResponseCache | None = None,
         prompts: PromptStore | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.guard = guard
         self.router = router
@@ -175,6 +178,7 @@ class ProxyService:
         self.sleep = sleep
         self.cache = cache
         self.prompts = prompts
+        self.admission = admission or Admission(0)
 
     # -- the endpoints ----------------------------------------------------------------------------
 
@@ -229,12 +233,13 @@ class ProxyService:
         cache_control: str | None = None,
         cache_mode: str | None = None,
     ) -> ApiResponse | StreamingResult:
-        principal = self.guard.principal(authorization, Scope.PROXY_INVOKE)
-        request = ClientRequest(
-            wire, self._parse(body, content_type, wire), principal, uuid.uuid4().hex, route_key, job_id,
-            cache_control, cache_mode,
-        )  # fmt: skip
-        return self._serve(request)
+        with self.admission.admitting():  # left when the upstream call starts (_attempt)
+            principal = self.guard.principal(authorization, Scope.PROXY_INVOKE)
+            request = ClientRequest(
+                wire, self._parse(body, content_type, wire), principal, uuid.uuid4().hex, route_key, job_id,
+                cache_control, cache_mode,
+            )  # fmt: skip
+            return self._serve(request)
 
     def _serve(self, request: ClientRequest) -> ApiResponse | StreamingResult:
         principal, route_key = request.principal, request.route_key
@@ -390,6 +395,7 @@ class ProxyService:
             "x-pressline-request-id": request.request_id,
         }
         started = time.monotonic()
+        self.admission.done()
         if not request.stream:
             reply = call(self.http, outgoing, target.timeouts)
             tracker = UsageTracker(provider.wire)

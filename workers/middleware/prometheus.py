@@ -44,13 +44,6 @@ else:
 
 __all__ = ["Prometheus", "declared_queues", "job_finished", "reap_dead_processes", "run_exposition_server"]
 
-#: Gauges that read shared state through a callback (``set_function``): multiprocess files hold
-#: only a meaningless 0 for them, so worker expositions leave them out (the API's /metrics has the
-#: proxy's; the WordPress breakers are read from Redis by this exposition's own collector).
-CALLBACK_GAUGES = frozenset(
-    {"pressline_llm_breaker_state", "pressline_cache_entries", "pressline_wordpress_breaker_state"}
-)
-
 #: Seconds from enqueue (or ETA, for a delayed message) to an actor starting it.
 _START_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
@@ -152,17 +145,22 @@ def reap_dead_processes(path: str) -> list[int]:
 
 
 class _WorkerMetrics(Collector):
-    """The multiprocess files' metrics, less the :data:`CALLBACK_GAUGES`."""
+    """The multiprocess files' metrics, less the callback gauges: their files hold a meaningless 0
+    per process (the API's /metrics has the proxy's; the WordPress breakers are read from Redis by
+    this exposition's own collector)."""
 
     def __init__(self, path: str) -> None:
         from prometheus_client import multiprocess
 
+        from shared.telemetry.exposition import CALLBACK_GAUGES
+
         self.path = path
         self.inner = multiprocess.MultiProcessCollector(None, path=path)
+        self.skipped = CALLBACK_GAUGES
 
     def collect(self) -> Iterator[Metric]:
         reap_dead_processes(self.path)
-        return (family for family in self.inner.collect() if family.name not in CALLBACK_GAUGES)
+        return (family for family in self.inner.collect() if family.name not in self.skipped)
 
 
 def declared_queues(namespace: str) -> list[str]:
