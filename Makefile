@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dashboards run test lint typecheck unit bench bench-api bench-proxy bench-pipeline bench-cache bench-wakeup demo deploy package deps system-deps clean
+.PHONY: dashboards run test lint typecheck unit bench bench-api bench-proxy bench-peers bench-pipeline bench-cache bench-wakeup demo deploy package deps system-deps clean
 
 deps: $(STAMP) system-deps
 
@@ -61,6 +61,14 @@ bench-api: deps
 
 bench-proxy: deps
 	$(BIN)/python -m bench.proxy_bench
+
+# The proxy bench with LiteLLM's proxy (the issue's peer) measured in the same run; LiteLLM goes
+# into its own virtualenv, not the project's.
+PEERS := .peers
+bench-peers: deps
+	@test -x $(PEERS)/litellm/bin/litellm || { $(PYTHON) -m venv $(PEERS)/litellm && \
+	  $(PEERS)/litellm/bin/pip install -q 'litellm[proxy]==1.106.2'; }
+	$(BIN)/python -m bench.proxy_bench --litellm $(PEERS)/litellm/bin/litellm
 
 bench-pipeline: deps
 	$(BIN)/python -m bench.pipeline_bench

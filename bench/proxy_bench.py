@@ -63,6 +63,7 @@ import redis
 from bench.fake_provider import ROUTING_POLICY as POLICY
 from bench.fake_provider import provider_env, set_fake_state
 from bench.lean_client import LeanClient, LeanResponse
+from bench.peers import litellm_server
 from infra.local_api import local_api
 from infra.redis_server import free_port, start_redis, stop_process
 from localstack.bootstrap import bootstrap
@@ -89,6 +90,8 @@ BODY = {
     "stream": True,
     "stream_options": {"include_usage": True},
 }
+#: Servers measured with their child processes (a pre-forked proxy, a peer's workers).
+SERVERS = ("proxy", "litellm")
 #: Targets on this machine, from the issue ("Done when").
 TARGET_SEQ_TTFB_MS = 10.0
 TARGET_CONC_TTFB_MS = 30.0
@@ -145,7 +148,7 @@ class Meter:
         self.windows = 0
 
     def snapshot(self) -> tuple[dict[str, float], float, float]:
-        cpu = {k: cpu_s(p, children=k == "proxy") for k, p in self.procs.items()}
+        cpu = {k: cpu_s(p, children=k in SERVERS) for k, p in self.procs.items()}
         return cpu, machine_busy_s(), time.perf_counter()
 
     def add(self, before: tuple[dict[str, float], float, float]) -> None:
@@ -459,13 +462,14 @@ def render(rows: list[dict[str, Any]], cpu: dict[str, dict[str, Any]], rss: dict
         )
     lines.append("")
     lines.append(
-        f"{'CPU ms per stream':<22} {'proxy':>7} {'redis':>7} {'fake':>7} {'client':>7} {'other load':>10} "
-        f"{'proxy busy (cores)':>18}"
+        f"{'CPU ms per stream':<22} {'proxy':>7} {'litellm':>7} {'redis':>7} {'fake':>7} {'client':>7} "
+        f"{'other load':>10} {'proxy busy (cores)':>18}"
     )
     for key, c in cpu.items():
         lines.append(
-            f"{key:<22} {c.get('proxy', 0.0):>7.2f} {c.get('redis', 0.0):>7.2f} {c['fake']:>7.2f} "
-            f"{c['client']:>7.2f} {c['other_load']:>9.0%} {c.get('proxy_cores', float('nan')):>18.2f}"
+            f"{key:<22} {c.get('proxy', 0.0):>7.2f} {c.get('litellm', 0.0):>7.2f} "
+            f"{c.get('redis', 0.0):>7.2f} {c['fake']:>7.2f} {c['client']:>7.2f} {c['other_load']:>9.0%} "
+            f"{c.get('proxy_cores', float('nan')):>18.2f}"
         )
     mb = 1024 * 1024
     lines.append("")
@@ -475,6 +479,8 @@ def render(rows: list[dict[str, Any]], cpu: dict[str, dict[str, Any]], rss: dict
         f"(+{rss['per_stream_kb']:.0f} KB per concurrent stream), end {rss['end'] / mb:.1f} MB; "
         f"threads: {rss['threads_idle']} idle, {rss['threads_peak']} peak"
     )
+    if "litellm_end" in rss:
+        lines.append(f"litellm RSS at the end: {rss['litellm_end'] / mb:.1f} MB")
     return "\n".join(lines)
 
 
@@ -526,21 +532,34 @@ def verdicts(
 
 
 async def measure(
-    args: argparse.Namespace, fake_url: str, proxy_url: str, token: str, procs: dict[str, psutil.Process]
+    args: argparse.Namespace,
+    fake_url: str,
+    proxy_url: str,
+    token: str,
+    procs: dict[str, psutil.Process],
+    peer_url: str | None = None,
 ) -> dict[str, Any]:
     # Connections opened by the warm-up stay open through the whole run, so every measured batch
     # runs on warm connections as designed and only the "cold" batch pays for new ones.
     rss_start, threads_idle = tree_rss(procs["proxy"])
 
-    def meters() -> tuple[Meter, Meter]:
+    ours = {k: p for k, p in procs.items() if k != "litellm"}
+    peer_procs: dict[str, psutil.Process] = {k: procs[k] for k in ("litellm", "fake", "client") if k in procs}
+
+    def meters() -> tuple[Meter, Meter, Meter]:
         direct = Meter({"fake": procs["fake"], "client": procs["client"]})
-        proxied = Meter(procs)
-        return direct, proxied
+        return direct, Meter(ours), Meter(peer_procs)
 
     direct_client, proxy_client = LeanClient(fake_url), LeanClient(proxy_url)
+    peer_client = LeanClient(peer_url) if peer_url else None
     try:
 
-        def targets(direct_meter: Meter, proxy_meter: Meter) -> list[Target]:
+        def targets(direct_meter: Meter, proxy_meter: Meter, peer_meter: Meter) -> list[Target]:
+            peers = [
+                Target("litellm", "/v1/chat/completions", {"Authorization": "Bearer sk-bench"}, c, peer_meter)
+                for c in [peer_client]
+                if c is not None
+            ]
             return [
                 Target(
                     "direct",
@@ -556,6 +575,7 @@ async def measure(
                     proxy_client,
                     proxy_meter,
                 ),
+                *peers,
             ]
 
         results: dict[str, dict[str, list[Sample]]] = {}
@@ -565,6 +585,8 @@ async def measure(
         cold = meters()
         results["cold"] = await run_batches(targets(*cold), args.conc, 1, mode="cold")
         cpu["cold (1 batch)"] = cpu_row(cold[1], args.conc)
+        if peer_client is not None:
+            cpu["cold (litellm)"] = cpu_row(cold[2], args.conc)
         rss_warm = tree_rss(procs["proxy"])[0]
 
         log(f"sequential: {args.seq} streams per target, interleaved")
@@ -572,6 +594,8 @@ async def measure(
         results["seq"] = await run_sequential(targets(*seq), args.seq)
         cpu["seq"] = cpu_row(seq[1], args.seq)
         cpu["seq (direct)"] = cpu_row(seq[0], args.seq)
+        if peer_client is not None:
+            cpu["seq (litellm)"] = cpu_row(seq[2], args.seq)
 
         log(f"concurrent: {args.batches} batches x {args.conc} streams per target, interleaved")
         conc = meters()
@@ -580,12 +604,16 @@ async def measure(
         streams = args.conc * args.batches
         cpu["conc"] = cpu_row(conc[1], streams)
         cpu["conc (direct)"] = cpu_row(conc[0], streams)
+        if peer_client is not None:
+            cpu["conc (litellm)"] = cpu_row(conc[2], streams)
 
         log(f"openai SDK: {args.sdk} streams per target, sequential, interleaved")
         results["sdk"] = await sdk_check(fake_url, proxy_url, token, args.sdk)
     finally:
         await direct_client.aclose()
         await proxy_client.aclose()
+        if peer_client is not None:
+            await peer_client.aclose()
 
     rss_end = tree_rss(procs["proxy"])[0]
     peaks = tracking.batches
@@ -599,6 +627,8 @@ async def measure(
         "threads_peak": max(p[2] for p in peaks),
         "batches": peaks,
     }
+    if "litellm" in procs:
+        memory["litellm_end"] = tree_rss(procs["litellm"])[0]
     return {"results": results, "cpu": cpu, "rss": memory}
 
 
@@ -620,6 +650,12 @@ def main(argv: list[str] | None = None) -> int:
         help="serve the app with this module instead (experiments with a patched server)",
     )
     parser.add_argument("--hold", action="store_true", help="keep the servers up until Enter (py-spy)")
+    parser.add_argument(
+        "--litellm",
+        type=Path,
+        default=None,
+        help="also measure LiteLLM's proxy in the same run (its `litellm` executable; make bench-peers)",
+    )
     args = parser.parse_args(argv)
     global CHUNKS
     knobs = dict(k.split("=", 1) for k in args.scenario.replace(",", ";").split(";") if "=" in k)
@@ -649,10 +685,18 @@ def main(argv: list[str] | None = None) -> int:
                     "fake": psutil.Process(fake_proc.pid),
                     "client": psutil.Process(),
                 }
-                measured = asyncio.run(measure(args, fake_url, proxy_url, token, procs))
-                if args.hold:
-                    log(f"servers up: proxy pid {server.pid}, fake pid {fake_proc.pid}; Enter stops them")
-                    sys.stdin.readline()
+                with contextlib.ExitStack() as peers:
+                    peer_url = None
+                    if args.litellm is not None:
+                        peer_url, peer = peers.enter_context(
+                            litellm_server(args.litellm, fake_url, MODEL, tmp)
+                        )
+                        procs["litellm"] = psutil.Process(peer.pid)
+                        log(f"litellm {peer_url} (pid {peer.pid})")
+                    measured = asyncio.run(measure(args, fake_url, proxy_url, token, procs, peer_url))
+                    if args.hold:
+                        log(f"servers up: proxy pid {server.pid}, fake pid {fake_proc.pid}; Enter stops them")
+                        sys.stdin.readline()
     finally:
         stop_process(redis_proc)
         if endpoint.process is not None:
@@ -669,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
             "direct": by[(phase, "direct")] if t != "direct" else None,
         }
         for phase in ("seq", "conc", "cold", "sdk")
-        for t in ("direct", "proxy")
+        for t in ("direct", "proxy", "litellm")
+        if (phase, t) in by
     ]
     checks = verdicts(by, measured["cpu"])
     print(render(rows, measured["cpu"], measured["rss"]))
@@ -683,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     for c in checks:
         print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['value']}")
     print(
-        f"\nms; '+' = proxy minus direct at the same percentile; ok = 200 with {CHUNKS} content chunks, "
+        "\nms; '+' = through the proxy (or litellm) minus direct at the same percentile; "
+        f"ok = 200 with {CHUNKS} content chunks, "
         "usage and [DONE]; sep/50 = content chunks that arrived > 5 ms after the previous one; "
         "cold = the first 50-wide batch (new connections), not part of the targets. "
         f"bench took {elapsed:.0f}s"

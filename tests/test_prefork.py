@@ -137,3 +137,18 @@ def test_a_child_that_cannot_boot_stops_the_server_with_an_error() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_server_forks_one_process_per_cpu_unless_the_semantic_store_is_embedded() -> None:
+    import os
+
+    from functions.serve import serving_processes
+    from shared.config import Settings
+
+    assert serving_processes(Settings(serve_workers=0)) == (os.cpu_count() or 1)
+    assert serving_processes(Settings(serve_workers=3)) == 3
+    assert serving_processes(Settings(serve_workers=3), requested=1) == 1
+    embedded = Settings(serve_workers=3, cache_enabled=True, cache_semantic=True)
+    assert serving_processes(embedded) == 1  # only one process can open the embedded store
+    assert serving_processes(Settings(serve_workers=3, cache_enabled=True, qdrant_url="http://q:6333")) == 3
+    assert serving_processes(Settings(serve_workers=3, cache_enabled=True, cache_semantic=False)) == 3

@@ -336,13 +336,16 @@ def test_closing_a_stream_mid_read_closes_the_upstream_connection(fake: str) -> 
     assert fake_stats(fake)["streams_client_closed"] == before + 1
 
 
-def test_a_client_disconnect_closes_the_upstream_connection(proxy: str, token: str, fake: str) -> None:
+def test_a_client_disconnect_closes_the_upstream_connection(
+    proxy: str, token: str, fake: str, ledger: CostLedger
+) -> None:
     set_fake_state(fake, scenario={"openai": "chunks=40;interval_ms=50"})
     before = fake_stats(fake)["streams_client_closed"]
     body = {"model": "gpt-4o-mini", "messages": USER, "stream": True}
     with httpx.stream(
         "POST", f"{proxy}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}
     ) as r:
+        request_id = r.headers["x-pressline-request-id"]
         for i, _ in enumerate(r.iter_lines()):
             if i > 6:
                 break
@@ -350,6 +353,9 @@ def test_a_client_disconnect_closes_the_upstream_connection(proxy: str, token: s
     while fake_stats(fake)["streams_client_closed"] == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fake_stats(fake)["streams_client_closed"] == before + 1
+    while (cost := ledger.request(request_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # settled just after the upstream closed, in whichever process served it
+    assert cost is not None and cost.usage.estimated and cost.usage.output_tokens > 0
 
 
 def test_an_upstream_cut_gives_an_error_event_no_end_marker_and_an_estimated_cost(
@@ -366,10 +372,13 @@ def test_an_upstream_cut_gives_an_error_event_no_end_marker_and_an_estimated_cos
         "POST", f"{proxy}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}
     ) as r:
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+        request_id = r.headers["x-pressline-request-id"]
     assert "[DONE]" not in lines[-1] and '"error"' in lines[-1]
     assert not any('"finish_reason":"stop"' in line for line in lines)
-    (entry,) = ledger.entries("acme", count=1)
-    assert entry.usage.estimated and entry.usage.output_tokens >= 12 and entry.cost_pico > 0
+    # settled before the body ended; looked up by id: another test's request may settle later
+    cost = ledger.request(request_id)
+    assert cost is not None
+    assert cost.usage.estimated and cost.usage.output_tokens >= 12 and cost.cost_pico > 0
     set_fake_state(fake, scenario={"anthropic": "chunks=30;interval_ms=5;disconnect_after=12"})
     with (
         pytest.raises(anthropic.APIError),
@@ -394,16 +403,23 @@ def test_ledger_cost_is_reported_usage_times_the_price_table(
         ("claude-3-5-haiku", "anthropic", "claude-3-5-haiku"),
     ):
         if provider == "openai":
-            reply = oai(proxy, token).chat.completions.create(model=model, messages=USER)  # type: ignore[arg-type]
+            raw = oai(proxy, token).chat.completions.with_raw_response.create(model=model, messages=USER)  # type: ignore[arg-type]
+            reply = raw.parse()
             assert reply.usage
             usage = Usage.from_openai(reply.usage.model_dump())
         else:
-            message = claude(proxy, token).messages.create(model=model, max_tokens=100, messages=USER)  # type: ignore[arg-type]
-            usage = Usage.from_anthropic(message.usage.model_dump())
-        (entry,) = ledger.entries("acme", count=1)
+            raw = claude(proxy, token).messages.with_raw_response.create(  # type: ignore[assignment]
+                model=model,
+                max_tokens=100,
+                messages=USER,  # type: ignore[arg-type]
+            )
+            usage = Usage.from_anthropic(raw.parse().usage.model_dump())  # type: ignore[attr-defined]
+        # by request id: the newest ledger entry may be another test's, settled later by another process
+        cost = ledger.request(raw.headers["x-pressline-request-id"])
+        assert cost is not None and len(cost.entries) == 1
         price = PriceTable.load().price(provider, name)
-        assert not entry.usage.estimated
-        assert entry.cost_pico == price.cost(usage) > 0
+        assert not cost.usage.estimated
+        assert cost.cost_pico == cost.entries[0].cost_pico == price.cost(usage) > 0
 
 
 def test_a_tenant_over_its_hard_budget_gets_402_with_no_upstream_call(
