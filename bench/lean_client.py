@@ -53,11 +53,9 @@ class LeanClient:
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n{head}\r\n"
         ).encode() + payload
-        reader, writer = self._idle.pop() if self._idle else await self._connect()
+        reader, writer, buf = await self._send(request)
         reusable = False
         try:
-            writer.write(request)
-            buf = bytearray()
             while (end := buf.find(b"\r\n\r\n")) < 0:
                 buf += await self._read(reader)
             lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
@@ -80,6 +78,27 @@ class LeanClient:
                 self._idle.append((reader, writer))
             else:
                 writer.close()
+
+    async def _send(self, request: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytearray]:
+        """Write ``request`` on a live connection and return it with the response's first bytes.
+
+        A kept-alive connection the server has closed meanwhile (uvicorn, LiteLLM's server, closes
+        them after 5 idle seconds) is dropped, and the request goes once more on a new connection
+        on another connection when the server closed a reused one before answering (as browsers do).
+        """
+        while self._idle:
+            reader, writer = self._idle.pop()
+            if reader.at_eof() or writer.is_closing():
+                writer.close()
+                continue
+            writer.write(request)
+            try:
+                return reader, writer, bytearray(await self._read(reader))
+            except ConnectionError:
+                writer.close()
+        reader, writer = await self._connect()
+        writer.write(request)
+        return reader, writer, bytearray(await self._read(reader))
 
     async def _chunked(self, reader: asyncio.StreamReader, buf: bytearray) -> AsyncIterator[bytes]:
         out = bytearray()

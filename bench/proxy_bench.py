@@ -315,7 +315,7 @@ async def one_stream(client: LeanClient, path: str, headers: dict[str, str], sam
                         sample.ttfb_ms = (now - t0) * 1000
                     if (choices[0].get("delta") or {}).get("content"):
                         arrivals.append(now)
-                elif data.get("usage"):
+                if data.get("usage"):  # LiteLLM sends it beside an empty delta, not with empty choices
                     sample.usage = True
                 if "error" in data:
                     sample.error = str(data["error"])[:200]

@@ -79,3 +79,41 @@ def test_an_error_with_a_sized_body_is_read_whole(fake: str) -> None:
 
     status, body = asyncio.run(run())
     assert status == 429 and b'"error"' in body
+
+
+@pytest.mark.parametrize("close_when", ["idle", "on_next_request"])
+def test_a_kept_alive_connection_the_server_closed_is_replaced_and_the_request_still_answered(
+    close_when: str,
+) -> None:
+    """uvicorn closes a connection idle for 5 s; the next request must not fail because of it."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)  # the body, "{}"
+        writer.write(answer)
+        await writer.drain()
+        if close_when == "on_next_request":
+            await reader.read(1)  # the next request starts: drop it unanswered
+        writer.close()
+
+    async def run() -> list[int]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = LeanClient(f"http://127.0.0.1:{port}", timeout_s=5)
+        statuses = []
+        try:
+            for _ in range(3):
+                async for piece in client.stream("/", {}, {}):
+                    if isinstance(piece, LeanResponse):
+                        statuses.append(piece.status_code)
+                await asyncio.sleep(0.05)  # the server's close reaches the client's idle connection
+        finally:
+            await client.aclose()
+            server.close()
+        return statuses
+
+    assert asyncio.run(run()) == [200, 200, 200]
+    assert len(connections) == 3  # each request after the first needed a new connection
