@@ -62,13 +62,18 @@ bench-api: deps
 bench-proxy: deps
 	$(BIN)/python -m bench.proxy_bench
 
-# The proxy bench with LiteLLM's proxy (the issue's peer) measured in the same run; LiteLLM goes
-# into its own virtualenv, not the project's.
+# The proxy bench with the issue's peers measured in the same run: LiteLLM's proxy (into its own
+# virtualenv) and Portkey's gateway (npm, into its own folder); neither is a project dependency.
 PEERS := .peers
 bench-peers: deps
 	@test -x $(PEERS)/litellm/bin/litellm || { $(PYTHON) -m venv $(PEERS)/litellm && \
 	  $(PEERS)/litellm/bin/pip install -q 'litellm[proxy]==1.106.2'; }
-	$(BIN)/python -m bench.proxy_bench --litellm $(PEERS)/litellm/bin/litellm
+	@command -v npm >/dev/null || { echo "installing nodejs, npm via apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	@mkdir -p $(PEERS)/portkey && cmp -s bench/portkey-package.json $(PEERS)/portkey/package.json || { \
+	  cp bench/portkey-package.json $(PEERS)/portkey/package.json && \
+	  npm install --prefix $(PEERS)/portkey --no-audit --no-fund --loglevel=error; }
+	$(BIN)/python -m bench.proxy_bench --litellm $(PEERS)/litellm/bin/litellm --portkey $(PEERS)/portkey
 
 bench-pipeline: deps
 	$(BIN)/python -m bench.pipeline_bench

@@ -29,6 +29,9 @@ chunks 10 ms apart, the finish chunk, a usage chunk and ``data: [DONE]`` (ideal 
 * "other load": the share of the machine's CPU used by processes outside the bench during a
   phase. Near 0 % means the numbers are clean; all processes share the machine's cores.
 * A short check with the official ``openai`` SDK (``AsyncOpenAI``) through the proxy and direct.
+* Peers (``make bench-peers``): ``--litellm`` and ``--portkey`` add LiteLLM's proxy and Portkey's
+  gateway as further targets, interleaved with the others against the same fake
+  (``bench/peers.py``); their CPU, chunk separation and added TTFB are measured the same way.
 
 The table goes to stdout, progress to stderr, every sample to ``bench/results/proxy-<ts>.json``.
 """
@@ -63,7 +66,7 @@ import redis
 from bench.fake_provider import ROUTING_POLICY as POLICY
 from bench.fake_provider import provider_env, set_fake_state
 from bench.lean_client import LeanClient, LeanResponse
-from bench.peers import litellm_server
+from bench.peers import Peer, litellm_server, portkey_server
 from infra.local_api import local_api
 from infra.redis_server import free_port, start_redis, stop_process
 from localstack.bootstrap import bootstrap
@@ -90,8 +93,10 @@ BODY = {
     "stream": True,
     "stream_options": {"include_usage": True},
 }
+#: The peer gateways a run can measure beside the proxy (``bench.peers``), in table order.
+PEERS = ("litellm", "portkey")
 #: Servers measured with their child processes (a pre-forked proxy, a peer's workers).
-SERVERS = ("proxy", "litellm")
+SERVERS = ("proxy", *PEERS)
 #: Targets on this machine, from the issue ("Done when").
 TARGET_SEQ_TTFB_MS = 10.0
 TARGET_CONC_TTFB_MS = 30.0
@@ -440,7 +445,9 @@ def cpu_row(meter: Meter, streams: int) -> dict[str, Any]:
     return row
 
 
-def render(rows: list[dict[str, Any]], cpu: dict[str, dict[str, Any]], rss: dict[str, Any]) -> str:
+def render(
+    rows: list[dict[str, Any]], cpu: dict[str, dict[str, Any]], rss: dict[str, Any], peers: list[str]
+) -> str:
     head = (
         f"{'phase':<6} {'target':<7} {'ok':>7} {'TTFB p50':>8} {'p95':>7} {'total p50':>9} {'p95':>7} "
         f"{'+TTFB p50':>9} {'p95':>7} {'+total p50':>10} {'p95':>7} {'hdrs p50':>8} "
@@ -461,15 +468,15 @@ def render(rows: list[dict[str, Any]], cpu: dict[str, dict[str, Any]], rss: dict
             f"{s['gap_p50']:>7.1f} {s['max_gap_p95']:>10.1f}"
         )
     lines.append("")
+    servers = ["proxy", *peers, "redis"]
     lines.append(
-        f"{'CPU ms per stream':<22} {'proxy':>7} {'litellm':>7} {'redis':>7} {'fake':>7} {'client':>7} "
+        f"{'CPU ms per stream':<22} {''.join(f'{k:>8}' for k in servers)} {'fake':>7} {'client':>7} "
         f"{'other load':>10} {'proxy busy (cores)':>18}"
     )
     for key, c in cpu.items():
         lines.append(
-            f"{key:<22} {c.get('proxy', 0.0):>7.2f} {c.get('litellm', 0.0):>7.2f} "
-            f"{c.get('redis', 0.0):>7.2f} {c['fake']:>7.2f} {c['client']:>7.2f} {c['other_load']:>9.0%} "
-            f"{c.get('proxy_cores', float('nan')):>18.2f}"
+            f"{key:<22} {''.join(f'{c.get(k, 0.0):>8.2f}' for k in servers)} {c['fake']:>7.2f} "
+            f"{c['client']:>7.2f} {c['other_load']:>9.0%} {c.get('proxy_cores', float('nan')):>18.2f}"
         )
     mb = 1024 * 1024
     lines.append("")
@@ -479,8 +486,8 @@ def render(rows: list[dict[str, Any]], cpu: dict[str, dict[str, Any]], rss: dict
         f"(+{rss['per_stream_kb']:.0f} KB per concurrent stream), end {rss['end'] / mb:.1f} MB; "
         f"threads: {rss['threads_idle']} idle, {rss['threads_peak']} peak"
     )
-    if "litellm_end" in rss:
-        lines.append(f"litellm RSS at the end: {rss['litellm_end'] / mb:.1f} MB")
+    for name in peers:
+        lines.append(f"{name} RSS at the end: {rss[f'{name}_end'] / mb:.1f} MB")
     return "\n".join(lines)
 
 
@@ -537,29 +544,24 @@ async def measure(
     proxy_url: str,
     token: str,
     procs: dict[str, psutil.Process],
-    peer_url: str | None = None,
+    peers: list[Peer],
 ) -> dict[str, Any]:
     # Connections opened by the warm-up stay open through the whole run, so every measured batch
     # runs on warm connections as designed and only the "cold" batch pays for new ones.
     rss_start, threads_idle = tree_rss(procs["proxy"])
 
-    ours = {k: p for k, p in procs.items() if k != "litellm"}
-    peer_procs: dict[str, psutil.Process] = {k: procs[k] for k in ("litellm", "fake", "client") if k in procs}
+    names = [peer.name for peer in peers]
+    ours = {k: p for k, p in procs.items() if k not in names}
+    shared = {"fake": procs["fake"], "client": procs["client"]}
 
-    def meters() -> tuple[Meter, Meter, Meter]:
-        direct = Meter({"fake": procs["fake"], "client": procs["client"]})
-        return direct, Meter(ours), Meter(peer_procs)
+    def meters() -> tuple[Meter, Meter, dict[str, Meter]]:
+        return Meter(shared), Meter(ours), {n: Meter({n: procs[n], **shared}) for n in names}
 
     direct_client, proxy_client = LeanClient(fake_url), LeanClient(proxy_url)
-    peer_client = LeanClient(peer_url) if peer_url else None
+    peer_clients = {peer.name: LeanClient(peer.url) for peer in peers}
     try:
 
-        def targets(direct_meter: Meter, proxy_meter: Meter, peer_meter: Meter) -> list[Target]:
-            peers = [
-                Target("litellm", "/v1/chat/completions", {"Authorization": "Bearer sk-bench"}, c, peer_meter)
-                for c in [peer_client]
-                if c is not None
-            ]
+        def targets(direct_meter: Meter, proxy_meter: Meter, peer_meters: dict[str, Meter]) -> list[Target]:
             return [
                 Target(
                     "direct",
@@ -575,7 +577,12 @@ async def measure(
                     proxy_client,
                     proxy_meter,
                 ),
-                *peers,
+                *(
+                    Target(
+                        p.name, "/v1/chat/completions", p.headers, peer_clients[p.name], peer_meters[p.name]
+                    )
+                    for p in peers
+                ),
             ]
 
         results: dict[str, dict[str, list[Sample]]] = {}
@@ -585,8 +592,7 @@ async def measure(
         cold = meters()
         results["cold"] = await run_batches(targets(*cold), args.conc, 1, mode="cold")
         cpu["cold (1 batch)"] = cpu_row(cold[1], args.conc)
-        if peer_client is not None:
-            cpu["cold (litellm)"] = cpu_row(cold[2], args.conc)
+        cpu.update({f"cold ({n})": cpu_row(m, args.conc) for n, m in cold[2].items()})
         rss_warm = tree_rss(procs["proxy"])[0]
 
         log(f"sequential: {args.seq} streams per target, interleaved")
@@ -594,8 +600,7 @@ async def measure(
         results["seq"] = await run_sequential(targets(*seq), args.seq)
         cpu["seq"] = cpu_row(seq[1], args.seq)
         cpu["seq (direct)"] = cpu_row(seq[0], args.seq)
-        if peer_client is not None:
-            cpu["seq (litellm)"] = cpu_row(seq[2], args.seq)
+        cpu.update({f"seq ({n})": cpu_row(m, args.seq) for n, m in seq[2].items()})
 
         log(f"concurrent: {args.batches} batches x {args.conc} streams per target, interleaved")
         conc = meters()
@@ -604,16 +609,15 @@ async def measure(
         streams = args.conc * args.batches
         cpu["conc"] = cpu_row(conc[1], streams)
         cpu["conc (direct)"] = cpu_row(conc[0], streams)
-        if peer_client is not None:
-            cpu["conc (litellm)"] = cpu_row(conc[2], streams)
+        cpu.update({f"conc ({n})": cpu_row(m, streams) for n, m in conc[2].items()})
 
         log(f"openai SDK: {args.sdk} streams per target, sequential, interleaved")
         results["sdk"] = await sdk_check(fake_url, proxy_url, token, args.sdk)
     finally:
         await direct_client.aclose()
         await proxy_client.aclose()
-        if peer_client is not None:
-            await peer_client.aclose()
+        for client in peer_clients.values():
+            await client.aclose()
 
     rss_end = tree_rss(procs["proxy"])[0]
     peaks = tracking.batches
@@ -627,8 +631,8 @@ async def measure(
         "threads_peak": max(p[2] for p in peaks),
         "batches": peaks,
     }
-    if "litellm" in procs:
-        memory["litellm_end"] = tree_rss(procs["litellm"])[0]
+    for name in names:
+        memory[f"{name}_end"] = tree_rss(procs[name])[0]
     return {"results": results, "cpu": cpu, "rss": memory}
 
 
@@ -655,6 +659,12 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="also measure LiteLLM's proxy in the same run (its `litellm` executable; make bench-peers)",
+    )
+    parser.add_argument(
+        "--portkey",
+        type=Path,
+        default=None,
+        help="also measure Portkey's gateway in the same run (its npm install folder; make bench-peers)",
     )
     args = parser.parse_args(argv)
     global CHUNKS
@@ -685,15 +695,18 @@ def main(argv: list[str] | None = None) -> int:
                     "fake": psutil.Process(fake_proc.pid),
                     "client": psutil.Process(),
                 }
-                with contextlib.ExitStack() as peers:
-                    peer_url = None
+                with contextlib.ExitStack() as running:
+                    peers: list[Peer] = []
                     if args.litellm is not None:
-                        peer_url, peer = peers.enter_context(
-                            litellm_server(args.litellm, fake_url, MODEL, tmp)
+                        peers.append(
+                            running.enter_context(litellm_server(args.litellm, fake_url, MODEL, tmp))
                         )
-                        procs["litellm"] = psutil.Process(peer.pid)
-                        log(f"litellm {peer_url} (pid {peer.pid})")
-                    measured = asyncio.run(measure(args, fake_url, proxy_url, token, procs, peer_url))
+                    if args.portkey is not None:
+                        peers.append(running.enter_context(portkey_server(args.portkey, fake_url, tmp)))
+                    for peer in peers:
+                        procs[peer.name] = psutil.Process(peer.process.pid)
+                        log(f"{peer.name} {peer.url} (pid {peer.process.pid})")
+                    measured = asyncio.run(measure(args, fake_url, proxy_url, token, procs, peers))
                     if args.hold:
                         log(f"servers up: proxy pid {server.pid}, fake pid {fake_proc.pid}; Enter stops them")
                         sys.stdin.readline()
@@ -713,11 +726,12 @@ def main(argv: list[str] | None = None) -> int:
             "direct": by[(phase, "direct")] if t != "direct" else None,
         }
         for phase in ("seq", "conc", "cold", "sdk")
-        for t in ("direct", "proxy", "litellm")
+        for t in ("direct", "proxy", *PEERS)
         if (phase, t) in by
     ]
     checks = verdicts(by, measured["cpu"])
-    print(render(rows, measured["cpu"], measured["rss"]))
+    peer_names = [n for n in PEERS if f"{n}_end" in measured["rss"]]
+    print(render(rows, measured["cpu"], measured["rss"], peer_names))
     print()
     for (phase, t), st in by.items():
         if t == "proxy" and (st["held_after_headers"] or st["errors"]):
@@ -728,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in checks:
         print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['value']}")
     print(
-        "\nms; '+' = through the proxy (or litellm) minus direct at the same percentile; "
+        "\nms; '+' = through the proxy (or a peer) minus direct at the same percentile; "
         f"ok = 200 with {CHUNKS} content chunks, "
         "usage and [DONE]; sep/50 = content chunks that arrived > 5 ms after the previous one; "
         "cold = the first 50-wide batch (new connections), not part of the targets. "
