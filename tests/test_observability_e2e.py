@@ -168,11 +168,18 @@ def test_one_trace_from_request_through_enqueue_to_worker_and_queries_answer(
                 timeout=30,
             )
 
+            # Each process exports its own batches: wait for all four, in whatever order they come.
+            expected = {
+                ("pressline-api", "POST /v1/jobs"),
+                ("pressline-api", "GET /v1/jobs/{job_id}"),
+                ("pressline-api", "send ingest"),
+                ("pressline-workers", "process ingest"),
+            }
             deadline, names = time.monotonic() + 60, set()
             while time.monotonic() < deadline:
                 spans = otlp_receiver.trace(trace_id)
                 names = {(s.service, s.name) for s in spans}
-                if ("pressline-workers", "process ingest") in names:
+                if expected <= names:
                     break
                 time.sleep(0.2)
             spans = otlp_receiver.trace(trace_id)
