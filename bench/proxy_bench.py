@@ -633,7 +633,7 @@ async def measure(
     }
     for name in names:
         memory[f"{name}_end"] = tree_rss(procs[name])[0]
-    return {"results": results, "cpu": cpu, "rss": memory}
+    return {"results": results, "cpu": cpu, "rss": memory, "peers": names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -730,8 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         if (phase, t) in by
     ]
     checks = verdicts(by, measured["cpu"])
-    peer_names = [n for n in PEERS if f"{n}_end" in measured["rss"]]
-    print(render(rows, measured["cpu"], measured["rss"], peer_names))
+    print(render(rows, measured["cpu"], measured["rss"], measured["peers"]))
     print()
     for (phase, t), st in by.items():
         if t == "proxy" and (st["held_after_headers"] or st["errors"]):
