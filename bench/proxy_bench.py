@@ -2,7 +2,7 @@
 
 Run ``make bench-proxy`` (or ``.venv/bin/python -m bench.proxy_bench --help``). The bench starts,
 each on a free port and all stopped at the end: its own ``redis-server``, its own moto server
-(provider keys in Secrets Manager), the fake provider (``bench.fake_provider``, a subprocess) and
+(provider keys in Secrets Manager), the fake provider (``localstack.fake_provider``, a subprocess) and
 the proxy (``python -m functions.serve``: Chalice's local server with the streaming handler, a
 subprocess, what ``make run`` serves).
 
@@ -63,14 +63,14 @@ import openai
 import psutil
 import redis
 
-from bench.fake_provider import ROUTING_POLICY as POLICY
-from bench.fake_provider import provider_env, set_fake_state
 from bench.lean_client import LeanClient, LeanResponse
 from bench.peers import Peer, litellm_server, portkey_server
 from infra.local_api import local_api
 from infra.redis_server import free_port, start_redis, stop_process
 from localstack.bootstrap import bootstrap
 from localstack.endpoint import Endpoint, ensure_endpoint
+from localstack.fake_provider import ROUTING_POLICY as POLICY
+from localstack.fake_provider import provider_env, set_fake_state
 from shared.auth import TokenStore
 from shared.aws import LOCAL_CREDENTIALS
 from shared.config import Settings
@@ -217,10 +217,10 @@ class RssSampler:
 
 @contextlib.contextmanager
 def fake_provider(log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``bench.fake_provider`` as a subprocess (its own GIL) on a free port."""
+    """``localstack.fake_provider`` as a subprocess (its own GIL) on a free port."""
     p = port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.fake_provider", "--port", str(p)],
+        [sys.executable, "-m", "localstack.fake_provider", "--port", str(p)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=log_path.open("ab"),

@@ -35,10 +35,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from bench.fake_provider import provider_env
 from infra.redis_server import free_port, start_redis
 from localstack.bootstrap import bootstrap
 from localstack.endpoint import EDGE_PORT, Endpoint, ensure_endpoint, probe
+from localstack.fake_provider import provider_env
 from shared.aws import LOCAL_CREDENTIALS, is_local_endpoint
 from shared.config import QUEUES, QueueConcurrency, Settings
 
@@ -478,7 +478,7 @@ def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
         fake_port = free_port()
         fake = stack.spawn(
             "fake-llm",
-            [sys.executable, "-m", "bench.fake_provider", "--port", str(fake_port)],
+            [sys.executable, "-m", "localstack.fake_provider", "--port", str(fake_port)],
             env=api_env,
             stop_timeout_s=STOP_GRACE_S,
             ready_lines=1,

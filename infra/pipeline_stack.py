@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.fake_provider import ROUTING_POLICY, provider_env, running_fake_provider
 from infra.local_api import local_api
 from infra.redis_server import free_port, start_redis, stop_process
 from localstack.bootstrap import bootstrap
 from localstack.endpoint import ensure_endpoint
+from localstack.fake_provider import ROUTING_POLICY, provider_env, running_fake_provider
 from shared.aws import LOCAL_CREDENTIALS
 from shared.config import Settings
 

@@ -18,10 +18,10 @@ import openai
 import pytest
 import redis
 
-from bench.fake_provider import ROUTING_POLICY as POLICY
-from bench.fake_provider import fake_stats, provider_env, running_fake_provider, set_fake_state
 from localstack.bootstrap import bootstrap
 from localstack.endpoint import Endpoint
+from localstack.fake_provider import ROUTING_POLICY as POLICY
+from localstack.fake_provider import fake_stats, provider_env, running_fake_provider, set_fake_state
 from shared.auth import TokenStore
 from shared.config import Settings
 from shared.cost.ledger import CostLedger

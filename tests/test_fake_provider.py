@@ -8,7 +8,6 @@ timing and its broken connections, and its counters notice a client that leaves.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from bench.fake_provider import (
+from localstack.fake_provider import (
     LOREM,
     PROMPT_OVERHEAD_TOKENS,
     count_prompt_tokens,
@@ -295,13 +294,12 @@ def _content_arrivals(url: str, scenario: str) -> tuple[float, list[float]]:
 
 
 def test_chunks_arrive_separately_over_time(fake: str) -> None:
-    headers_at, arrivals = _content_arrivals(fake, "chunks=8;interval_ms=40;first_token_ms=150")
+    # Lower bounds only: the fake sends chunk i no earlier than first_token_ms + i * interval_ms
+    # after it starts answering, which is after the request left; a loaded machine only adds delay.
+    headers_at, arrivals = _content_arrivals(fake, "chunks=8;interval_ms=40;first_token_ms=1500")
     assert len(arrivals) == 8
-    assert headers_at < 0.1  # headers go out at once; the first token is what is slow
-    assert 0.14 <= arrivals[0] < 0.4
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert sorted(gaps)[len(gaps) // 2] >= 0.03  # median gap ~40 ms: not one burst
-    assert arrivals[-1] - arrivals[0] >= 7 * 0.04 * 0.9
+    assert headers_at < 1.5 <= arrivals[0]  # headers go out at once; the first token is what is slow
+    assert all(at >= 1.5 + i * 0.04 for i, at in enumerate(arrivals))  # paced, not one burst
 
 
 def test_slow_headers_and_a_connection_dropped_before_any_response(fake: str) -> None:
@@ -316,10 +314,12 @@ def test_slow_headers_and_a_connection_dropped_before_any_response(fake: str) ->
 
 
 def test_stall_then_resume(fake: str) -> None:
-    _, arrivals = _content_arrivals(fake, "chunks=4;stall_after=2;stall_ms=300")
+    # The stall sits between chunks 1 and 2: chunk 2 cannot arrive before stall_ms has passed, and
+    # chunks 0 and 1 arrive before it could (a read of already-sent bytes, against a 1.5 s margin).
+    # No gap between two arrivals is asserted: a late read of chunk 1 would shrink it.
+    _, arrivals = _content_arrivals(fake, "chunks=4;stall_after=2;stall_ms=1500")
     assert len(arrivals) == 4
-    assert arrivals[2] - arrivals[1] >= 0.28
-    assert arrivals[1] - arrivals[0] < 0.2
+    assert arrivals[1] < 1.5 <= arrivals[2] <= arrivals[3]
 
 
 def test_fifty_concurrent_streams(fake: str) -> None:
@@ -339,9 +339,7 @@ def test_fifty_concurrent_streams(fake: str) -> None:
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
             return await asyncio.gather(*(one(client) for _ in range(50)))
 
-    start = time.perf_counter()
     assert asyncio.run(run()) == [1] * 50
-    assert time.perf_counter() - start < 5
     stats = fake_stats(fake)
     assert stats["streams_completed"] == 50 and stats["max_open_streams"] == 50 and stats["open_streams"] == 0
 

@@ -233,8 +233,8 @@ def test_job_records_follow_success_retries_and_failure(settings: Settings) -> N
 
 def test_a_workflow_runs_through_the_four_stage_queues(settings: Settings, tmp_path: Path) -> None:
     """What `make run` suggests trying: submit a job and watch it finish (infer asks the fake LLM)."""
-    from bench.fake_provider import ROUTING_POLICY, running_fake_provider
     from localstack.bootstrap import bootstrap
+    from localstack.fake_provider import ROUTING_POLICY, running_fake_provider
 
     bootstrap(settings)  # the provider keys the proxy core reads
     policy = tmp_path / "routing.json"

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bench.fake_provider import running_fake_provider
 from bench.lean_client import LeanClient, LeanResponse
+from localstack.fake_provider import running_fake_provider
 from shared.proxy.sse import SSEEvent, SSEParser
 
 BODY = {

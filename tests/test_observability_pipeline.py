@@ -36,12 +36,12 @@ import httpx
 import pytest
 import redis
 
-from bench.fake_provider import ROUTING_POLICY, provider_env, running_fake_provider, set_fake_state
 from dashboards.build import DASHBOARDS
 from infra.prometheus import prometheus_command, wait_ready, write_config
 from infra.redis_server import free_port
 from localstack.bootstrap import bootstrap, new_webhook_secret
 from localstack.endpoint import Endpoint
+from localstack.fake_provider import ROUTING_POLICY, provider_env, running_fake_provider, set_fake_state
 from shared.auth import TokenStore
 from shared.aws import aws_client
 from shared.config import Settings

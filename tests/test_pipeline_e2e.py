@@ -26,10 +26,10 @@ import httpx
 import pytest
 import redis
 
-from bench.fake_provider import ROUTING_POLICY, provider_env, running_fake_provider
 from infra.redis_server import free_port
 from localstack.bootstrap import bootstrap, new_webhook_secret
 from localstack.endpoint import Endpoint
+from localstack.fake_provider import ROUTING_POLICY, provider_env, running_fake_provider
 from shared.auth import TokenStore
 from shared.aws import aws_client
 from shared.config import Settings

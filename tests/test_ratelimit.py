@@ -61,17 +61,19 @@ def test_acquire_waits_for_a_slot(limiter: RateLimiter) -> None:
     limiter.acquire("openai", limit, timeout_s=1.0)
     started = time.monotonic()
     limiter.acquire("openai", limit, timeout_s=1.0)
-    elapsed = time.monotonic() - started
-    assert 0.18 < elapsed < 0.35
+    assert time.monotonic() - started >= 0.18  # 5/s: the next slot is 0.2 s on (less the jitter)
 
 
-def test_acquire_times_out_without_sleeping_in_vain(limiter: RateLimiter) -> None:
+def test_acquire_times_out_without_sleeping_in_vain(
+    limiter: RateLimiter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     limit = RateLimit(limit=1, period_s=60.0)
     limiter.acquire("openai", limit, timeout_s=0.5)
-    started = time.monotonic()
+    sleeps: list[float] = []
+    monkeypatch.setattr("shared.ratelimit.time.sleep", sleeps.append)
     with pytest.raises(RateLimitTimeout) as info:
         limiter.acquire("openai", limit, timeout_s=0.5)
-    assert time.monotonic() - started < 0.2
+    assert sleeps == []  # the next slot is past the timeout: refused at once, no sleep first
     assert isinstance(info.value, dramatiq.RateLimitExceeded)
     assert info.value.name == "openai"
     assert 59 < info.value.wait_s <= 60

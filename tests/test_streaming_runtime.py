@@ -17,11 +17,11 @@ import pytest
 import redis
 from chalice import Chalice
 
-from bench.fake_provider import ROUTING_POLICY as POLICY
-from bench.fake_provider import provider_env, running_fake_provider, set_fake_state
 from infra.redis_server import stop_process
 from localstack.bootstrap import bootstrap
 from localstack.endpoint import Endpoint
+from localstack.fake_provider import ROUTING_POLICY as POLICY
+from localstack.fake_provider import provider_env, running_fake_provider, set_fake_state
 from shared.api.function_url import NoRoute, Routes, buffered, rest_event
 from shared.api.streaming import StreamingResponse
 from shared.auth import TokenStore

@@ -1197,7 +1197,9 @@ def running_fake_provider(*, port: int | None = None, in_thread: bool = False) -
             loop.close()
         return
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.fake_provider", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE
+        [sys.executable, "-m", "localstack.fake_provider", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
