@@ -39,6 +39,10 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
+#: The states in which a job may still be charged for work done on its behalf.
+CHARGEABLE: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.RETRYING})
+
+
 class StageState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -155,6 +159,15 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         return bool(self._create(keys=[self.key(job_id)], args=args))
+
+    def owner(self, job_id: str) -> tuple[str, JobState] | None:
+        """The job's tenant and state (one HMGET), or None when there is no such job."""
+        if not valid_job_id(job_id):
+            return None
+        tenant, state = cast(list[bytes | None], self.client.hmget(self.key(job_id), ["tenant", "state"]))
+        if tenant is None or state is None:
+            return None
+        return tenant.decode(), JobState(state.decode())
 
     def delete(self, job_id: str) -> None:
         self.client.delete(self.key(job_id))

@@ -193,6 +193,13 @@ def _entry(request_id: str, usage: Usage, **kwargs: Any) -> CostEntry:
     )
 
 
+def test_a_charge_never_creates_a_job_record(redis_url: str) -> None:
+    ledger = _ledger(redis_url)
+    charge = ledger.record(_entry("req-ghost", Usage(input_tokens=10, output_tokens=2), job_id="ghost"))
+    assert charge.applied  # the tenant is billed...
+    assert not ledger.client.exists(f"{NS}.job.ghost")  # ...but no job hash appears for a made-up id
+
+
 def test_ledger_records_exact_aggregates_and_answers_queries(redis_url: str) -> None:
     ledger = _ledger(redis_url)
     JobStore(ledger.client, NS, 3600).create("job1", tenant="acme", kind="x")

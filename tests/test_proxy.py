@@ -514,6 +514,39 @@ def test_costs_are_queryable_per_request_per_tenant_and_per_job(
     assert hidden.status_code == 404
 
 
+def test_a_job_id_is_charged_only_for_the_callers_own_running_job(
+    proxy: str, token: str, redis_url: str
+) -> None:
+    """Issue 14, point 1: another tenant's job, a made-up id or a finished job is refused, and
+    nothing is charged or created."""
+    from shared.jobs import JobStore
+
+    client = redis.Redis.from_url(redis_url)
+    jobs = JobStore(client, "pressline", 3600)
+    jobs.create("job-of-globex", tenant="globex", kind="workflow")
+    jobs.create("job-done", tenant="acme", kind="workflow")
+    jobs.succeeded("job-done")
+    keys_before = set(client.keys("pressline.job.*"))
+    cases = {
+        "job-of-globex": (404, "job_not_found"),  # another tenant's job
+        "ghost-job-123": (404, "job_not_found"),  # no such job
+        "../../x": (404, "job_not_found"),  # not an id at all
+        "j" * 3000: (404, "job_not_found"),
+        "job-done": (409, "job_finished"),
+    }
+    for job_id, (status, code) in cases.items():
+        answer = httpx.post(
+            f"{proxy}/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": USER},
+            headers={"Authorization": f"Bearer {token}", "x-pressline-job-id": job_id},
+        )
+        assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), job_id
+        assert job_id[:100] not in answer.text or job_id == "job-done"
+    assert set(client.keys("pressline.job.*")) == keys_before  # nothing created
+    assert jobs.get("job-of-globex").cost_pico_usd == 0  # type: ignore[union-attr]
+    assert jobs.get("job-done").cost_pico_usd == 0  # type: ignore[union-attr]
+
+
 def test_metrics_report_latency_tokens_cost_and_breaker_state(proxy: str, token: str) -> None:
     oai(proxy, token).chat.completions.create(model="llama", messages=USER, stream=True).close()  # type: ignore[arg-type]
     oai(proxy, token).chat.completions.create(model="llama", messages=USER)  # type: ignore[arg-type]

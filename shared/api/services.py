@@ -174,4 +174,5 @@ def build_proxy(
         cache=cache,
         prompts=prompts,
         admission=Admission(settings.proxy_admission_width),
+        jobs=budgets.ledger.jobs,
     )

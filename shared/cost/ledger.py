@@ -161,7 +161,7 @@ if has_entry then
   entry_id = redis.call('XADD', KEYS[12], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
   redis.call('HSET', KEYS[13], ARGV[4], ARGV[5])
   redis.call('EXPIRE', KEYS[13], ARGV[7])
-  if ARGV[8] ~= '' then
+  if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[14]) == 1 then  -- never create a job record
     redis.call('HINCRBY', KEYS[14], 'cost_pico_usd', ARGV[9])
     redis.call('EXPIRE', KEYS[14], ARGV[8])
   end

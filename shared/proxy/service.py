@@ -32,6 +32,7 @@ from shared.api.responses import ApiResponse
 from shared.auth import Principal, Role, Scope
 from shared.cache import HEADER as CACHE_HEADER
 from shared.cache import ResponseCache, header_directives
+from shared.jobs import CHARGEABLE, JobStore
 from shared.prompts import PromptStore
 from shared.prompts import render as render_prompt
 
@@ -141,6 +142,8 @@ class ProxyService:
       cache(ResponseCache | None): The response cache (shared.cache); None: no caching.
       prompts(PromptStore | None): The prompt library a request names with ``prompt``.
       admission(Admission | None): Admits a burst of requests a few at a time, in order.
+      jobs(JobStore | None): Checks a job id a request names (``x-pressline-job-id``) before it is
+        charged; None: such requests are refused.
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class ProxyService:
         cache: ResponseCache | None = None,
         prompts: PromptStore | None = None,
         admission: Admission | None = None,
+        jobs: JobStore | None = None,
     ) -> None:
         self.guard = guard
         self.router = router
@@ -179,6 +183,7 @@ class ProxyService:
         self.cache = cache
         self.prompts = prompts
         self.admission = admission or Admission(0)
+        self.jobs = jobs
 
     # -- the endpoints ----------------------------------------------------------------------------
 
@@ -235,11 +240,22 @@ class ProxyService:
     ) -> ApiResponse | StreamingResult:
         with self.admission.admitting():  # left when the upstream call starts (_attempt)
             principal = self.guard.principal(authorization, Scope.PROXY_INVOKE)
+            if job_id is not None:
+                self._check_job(principal.tenant, job_id)
             request = ClientRequest(
                 wire, self._parse(body, content_type, wire), principal, uuid.uuid4().hex, route_key, job_id,
                 cache_control, cache_mode,
             )  # fmt: skip
             return self._serve(request)
+
+    def _check_job(self, tenant: str, job_id: str) -> None:
+        """A job id from a request is charged only when it is the caller's own job and still running:
+        another tenant's job, or one that does not exist, gets the same 404, and nothing is created."""
+        owner = self.jobs.owner(job_id) if self.jobs is not None else None
+        if owner is None or owner[0] != tenant:
+            raise ApiError(404, "job_not_found", "x-pressline-job-id names no job of this tenant")
+        if owner[1] not in CHARGEABLE:
+            raise ApiError(409, "job_finished", f"the job is {owner[1].value}; it can no longer be charged")
 
     def _serve(self, request: ClientRequest) -> ApiResponse | StreamingResult:
         principal, route_key = request.principal, request.route_key
