@@ -26,12 +26,14 @@ def start_redis(
     data_dir: Path,
     *,
     durable: bool = True,
+    fsync: str = "everysec",
     wait_s: float = 10.0,
 ) -> subprocess.Popen[bytes]:
     """Run ``redis-server`` on 127.0.0.1:port with its files in ``data_dir``.
 
-    ``durable`` turns on the AOF with ``appendfsync everysec`` (the stack's broker); tests run
-    without persistence.  Eviction is always off: a broker must never silently drop messages.
+    ``durable`` turns on the AOF with ``appendfsync`` ``fsync`` (``everysec`` for the stack's
+    broker; ``always`` for a test that kills Redis and must lose no write); tests run without
+    persistence.  Eviction is always off: a broker must never silently drop messages.
     """
     binary = shutil.which("redis-server")
     if binary is None:
@@ -56,7 +58,7 @@ def start_redis(
         "--logfile",
         str(data_dir / "redis.log"),
     ]
-    args += ["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"]
+    args += ["--appendonly", "yes", "--appendfsync", fsync] if durable else ["--appendonly", "no"]
     # Its own session: a terminal's Ctrl-C reaches the supervisor, which stops Redis last.
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

@@ -25,7 +25,7 @@ from dramatiq.middleware import Middleware
 
 from . import scripts
 from .admin import QueueAdmin
-from .consumer import StreamConsumer
+from .consumer import ProcessHold, StreamConsumer
 from .keys import GROUP, QueueKeys, notify_channel
 from .maintenance import Maintenance
 
@@ -80,6 +80,7 @@ class RedisStreamsBroker(dramatiq.Broker):
             for name in ("PROMOTE", "RETURN_TO_STREAM", "DEAD_LETTER", "TRIM", "REQUEUE_DEAD")
         }
         self._consumer_name: str | None = None
+        self._holds: dict[str, ProcessHold] = {}
         self._maintenance: Maintenance | None = None
         self._lock = threading.Lock()
 
@@ -95,6 +96,11 @@ class RedisStreamsBroker(dramatiq.Broker):
     @staticmethod
     def _name_prefix() -> str:
         return f"{socket.gethostname()}-{os.getpid()}-"
+
+    def hold(self, queue_name: str) -> ProcessHold:
+        """What this process holds of the queue, shared by the consumers Dramatiq builds for it."""
+        with self._lock:
+            return self._holds.setdefault(queue_name, ProcessHold())
 
     def keys(self, queue_name: str) -> QueueKeys:
         return QueueKeys(self.namespace, queue_name)

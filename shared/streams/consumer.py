@@ -32,6 +32,31 @@ logger = logging.getLogger(__name__)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
+#: How many of its own pending entries a consumer reads per command when it resyncs.
+RESYNC_BATCH = 500
+
+
+class ProcessHold:
+    """What one process holds of one queue, across the consumers Dramatiq builds for it.
+
+    After a connection error Dramatiq replaces the queue's consumer, while its worker threads go on
+    with the messages the old one handed out, and ack them through either.  Both share this: the
+    acks wait in one buffer, whichever consumer took them, and the new consumer does not hand out
+    again what is still running here.
+
+    Attributes:
+      in_flight(set[bytes]): Entries handed to Dramatiq and not yet acked, nacked or requeued.
+      acks(list[bytes]): Acks not yet sent, oldest first (sent as one XACK per batch).
+      oldest_ack_at(float): When the oldest of them was taken (monotonic seconds).
+      lock(threading.Lock): Guards ``acks`` and ``oldest_ack_at``.
+    """
+
+    def __init__(self) -> None:
+        self.in_flight: set[bytes] = set()
+        self.acks: list[bytes] = []
+        self.oldest_ack_at = 0.0
+        self.lock = threading.Lock()
+
 
 class StreamMessageProxy(MessageProxy):
     """A message together with the stream entry it came from."""
@@ -67,8 +92,9 @@ class StreamConsumer(Consumer):
         self._ready: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._held: set[bytes] = set()  # fetched and not yet acked, nacked or returned
-        self._acks: list[bytes] = []
-        self._oldest_ack_at = 0.0
+        self._process = broker.hold(queue_name)
+        # Read this process's own pending entries before any new one: see _adopt_pending.
+        self._resync = True
         self._last_trim = time.monotonic()
         self._running = True
         self._fetch_client = redis.Redis(connection_pool=redis.ConnectionPool(**self._pool_kwargs()))
@@ -99,6 +125,9 @@ class StreamConsumer(Consumer):
             try:
                 if self._fetch_client_id is None:
                     self._fetch_client_id = int(self._fetch_client.client_id())
+                if self._resync:
+                    self._adopt_pending()
+                    self._resync = False
                 reply = self._fetch_client.xreadgroup(
                     GROUP,
                     self.broker.consumer_name,
@@ -114,6 +143,7 @@ class StreamConsumer(Consumer):
                 raise
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 self._fetch_client_id = None
+                self._resync = True  # the lost reply may have moved entries into our pending list
                 if not self._running:
                     return
                 logger.warning(
@@ -130,6 +160,41 @@ class StreamConsumer(Consumer):
             for entry in entries:
                 self._ready.put(entry)
 
+    def _adopt_pending(self) -> None:
+        """Hand out again the entries Redis holds for this process that nobody here works on.
+
+        They are entries a replaced consumer had fetched but not handed out, and entries of a read
+        whose reply a dying connection lost.  Left alone, they would stay pending for as long as
+        this process's heartbeat lives, since recovery only reclaims the entries of dead consumers.
+        """
+        start: bytes = b"0"
+        while True:
+            reply = self._fetch_client.xreadgroup(
+                GROUP, self.broker.consumer_name, {self.keys.stream: start}, count=RESYNC_BATCH
+            )
+            entries = cast(list[tuple[bytes, dict[bytes, bytes] | None]], reply[0][1]) if reply else []  # type: ignore[index]
+            adopted: list[Entry] = []
+            gone: list[bytes] = []
+            with self._cond:
+                done = set(self._process.acks)
+                for entry_id, fields in entries:
+                    if entry_id in self._held or entry_id in self._process.in_flight or entry_id in done:
+                        continue
+                    if fields:
+                        self._held.add(entry_id)
+                        adopted.append((entry_id, fields))
+                    else:
+                        gone.append(entry_id)  # trimmed or deleted: nothing left to run
+            if gone:
+                self._fetch_client.xack(self.keys.stream, GROUP, *gone)
+            if adopted:
+                logger.info("Handing out %d pending entries of %s again.", len(adopted), self.queue_name)
+            for entry in adopted:
+                self._ready.put(entry)
+            if len(entries) < RESYNC_BATCH:
+                return
+            start = entries[-1][0]
+
     # -- dramatiq.Consumer ---------------------------------------------------------------------
 
     def __next__(self) -> MessageProxy | None:
@@ -139,7 +204,7 @@ class StreamConsumer(Consumer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            wait = min(remaining, self.broker.ack_delay_s) if self._acks else remaining
+            wait = min(remaining, self.broker.ack_delay_s) if self._process.acks else remaining
             try:
                 entry = self._ready.get(timeout=wait)
             except queue.Empty:
@@ -149,6 +214,7 @@ class StreamConsumer(Consumer):
             entry_id, fields = entry
             proxy = self._decode(entry_id, fields)
             if proxy is not None:
+                self._process.in_flight.add(entry_id)
                 return proxy
 
     def _decode(self, entry_id: bytes, fields: dict[bytes, bytes]) -> StreamMessageProxy | None:
@@ -165,18 +231,21 @@ class StreamConsumer(Consumer):
     def ack(self, message: MessageProxy) -> None:
         entry_id = _entry_id(message)
         batch: list[bytes] | None = None
+        self._process.in_flight.discard(entry_id)
         with self._cond:
-            if entry_id not in self._held:
-                return
+            # Not held here when an earlier consumer of this process handed it out: ack it all the
+            # same (XACK of an entry no longer pending is a no-op).
             self._held.discard(entry_id)
-            if not self._acks:
-                self._oldest_ack_at = time.monotonic()
-                self._ready.put(None)  # an idle __next__ then flushes within ack_delay_ms
-            self._acks.append(entry_id)
-            if len(self._acks) >= self.broker.ack_batch:
-                batch, self._acks = self._acks, []
             if self.cap - len(self._held) == self.refill_at:
                 self._cond.notify()
+        acks = self._process
+        with acks.lock:
+            if not acks.acks:
+                acks.oldest_ack_at = time.monotonic()
+                self._ready.put(None)  # an idle __next__ then flushes within ack_delay_ms
+            acks.acks.append(entry_id)
+            if len(acks.acks) >= self.broker.ack_batch:
+                batch, acks.acks = acks.acks, []
         if batch:
             self._send_acks(batch)
 
@@ -190,6 +259,7 @@ class StreamConsumer(Consumer):
             self.broker.dead_letter(self.queue_name, entry_id, payload, error, attempts)
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
+        self._process.in_flight.discard(entry_id)
         self._release(entry_id)
 
     def _attempts(self, message: MessageProxy, exception: BaseException | None) -> int:
@@ -208,7 +278,7 @@ class StreamConsumer(Consumer):
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         entry_ids = [_entry_id(m) for m in messages]
         with self._cond:
-            entry_ids = [e for e in entry_ids if e in self._held]
+            entry_ids = [e for e in entry_ids if e in self._held or e in self._process.in_flight]
         if not entry_ids:
             return
         try:
@@ -216,6 +286,7 @@ class StreamConsumer(Consumer):
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
         for entry_id in entry_ids:
+            self._process.in_flight.discard(entry_id)
             self._release(entry_id)
 
     def close(self) -> None:
@@ -227,17 +298,25 @@ class StreamConsumer(Consumer):
             with contextlib.suppress(redis.RedisError):
                 self.broker.client.client_unblock(self._fetch_client_id)
         self._fetcher.join(timeout=5)
-        self._flush_acks(force=True)
-        with self._cond:
-            leftovers = list(self._held)
-        if leftovers:
-            logger.info(
-                "Returning %d un-acked messages of %s to the stream.", len(leftovers), self.queue_name
-            )
-            self.broker.return_to_stream(self.queue_name, leftovers)
+        try:
+            self._flush_acks(force=True)
             with self._cond:
-                self._held.difference_update(leftovers)
-        self._fetch_client.close()
+                leftovers = list(self._held)
+            if leftovers:
+                logger.info(
+                    "Returning %d un-acked messages of %s to the stream.", len(leftovers), self.queue_name
+                )
+                self.broker.return_to_stream(self.queue_name, leftovers)
+                with self._cond:
+                    self._held.difference_update(leftovers)
+        except (ConnectionClosed, redis.ConnectionError, redis.TimeoutError):
+            # Redis is unreachable: what this consumer held stays pending under this process's name,
+            # and the next consumer of the queue adopts it (_adopt_pending) and sends the acks.
+            logger.warning(
+                "Closing the consumer of %s without Redis; the next one takes over.", self.queue_name
+            )
+        finally:
+            self._fetch_client.close()
 
     # -- acks ---------------------------------------------------------------------------------
 
@@ -247,20 +326,21 @@ class StreamConsumer(Consumer):
             self._cond.notify()
 
     def _flush_acks(self, *, force: bool) -> None:
-        with self._cond:
-            if not self._acks:
+        acks = self._process
+        with acks.lock:
+            if not acks.acks:
                 return
-            if not force and time.monotonic() - self._oldest_ack_at < self.broker.ack_delay_s:
+            if not force and time.monotonic() - acks.oldest_ack_at < self.broker.ack_delay_s:
                 return
-            batch, self._acks = self._acks, []
+            batch, acks.acks = acks.acks, []
         self._send_acks(batch)
 
     def _send_acks(self, batch: list[bytes]) -> None:
         try:
             self.broker.client.xack(self.keys.stream, GROUP, *batch)
         except redis.ConnectionError as e:
-            with self._cond:
-                self._acks[:0] = batch
+            with self._process.lock:
+                self._process.acks[:0] = batch
             raise ConnectionClosed(e) from None
         now = time.monotonic()
         if now - self._last_trim >= self.broker.trim_interval_s:
