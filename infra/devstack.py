@@ -1,5 +1,9 @@
 """``make run``: the whole local stack in the foreground; Ctrl-C or SIGTERM stops all of it.
 
+A process that dies on its own (a queue's worker tree, the API, the fake LLM, Redis, the AWS
+endpoint, WordPress's) is started again with backoff while the rest go on serving; an endpoint
+that comes back is bootstrapped again, since an emulator keeps nothing across a restart.
+
 Start order: Redis (owned, unless ``DRAMATIQ_BROKER_URL`` is set) -> the AWS endpoint (moto's server
 unless an emulator already answers there) -> the bootstrap from ``localstack/`` -> one Dramatiq
 process tree per queue. Stop order is the reverse, so workers drain while Redis and the endpoint are
@@ -18,6 +22,7 @@ own its broker.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -41,6 +46,7 @@ from localstack.endpoint import EDGE_PORT, Endpoint, ensure_endpoint, probe
 from localstack.fake_provider import provider_env
 from shared.aws import LOCAL_CREDENTIALS, is_local_endpoint
 from shared.config import QUEUES, QueueConcurrency, Settings
+from shared.egress import AllowRule, format_allow_list
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Logged by every Dramatiq worker process once its threads consume (dramatiq/cli.py).
@@ -52,6 +58,11 @@ STOP_GRACE_S = 10.0
 #: Redis) still get SIGTERM but only this long, so Redis can flush its AOF.
 FORCED_GRACE_S = 2.0
 READY_BANNER = "Pressline local stack is ready"
+#: The first restart of a dead child waits this long, each further one twice as long, up to the max;
+#: a child that has run RESTART_RESET_S since its last start begins again from the first delay.
+RESTART_DELAY_S = 0.5
+RESTART_MAX_DELAY_S = 10.0
+RESTART_RESET_S = 60.0
 
 
 class StackError(RuntimeError):
@@ -70,6 +81,18 @@ class Child:
     ready_lines_seen: int = 0
     ready_marker: str = WORKER_READY
     log_thread: threading.Thread | None = field(default=None, repr=False)
+    #: Starts it again after it died; None: its death stops the whole stack.
+    restart: Callable[[], subprocess.Popen[bytes]] | None = field(default=None, repr=False)
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+
+    def restart_delay(self, now: float) -> float:
+        """The backoff before the next restart (and count it)."""
+        if now - self.started_at >= RESTART_RESET_S:
+            self.restarts = 0
+        delay = min(RESTART_MAX_DELAY_S, RESTART_DELAY_S * 2**self.restarts)
+        self.restarts += 1
+        return delay
 
     @property
     def pid(self) -> int:
@@ -153,37 +176,49 @@ class Supervisor:
         ready_marker: str = WORKER_READY,
         cwd: Path = ROOT,
     ) -> Child:
-        """Start ``args`` in a new session, its output prefixed with ``name`` on our stdout.
+        """Start ``args`` in a new session, its output prefixed with ``name`` on our stdout; started
+        again the same way if it dies.
 
         It is ready once ``ready_lines`` lines containing ``ready_marker`` have been seen.
         """
-        process = subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=self._preexec,  # takes no locks, so it is safe alongside our log threads
-        )
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                args,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=self._preexec,  # takes no locks, so it is safe alongside our log threads
+            )
+
         child = self.add(
             Child(
                 name,
-                process,
+                start(),
                 stop_timeout_s,
                 own_group=True,
                 ready_lines_needed=ready_lines,
                 ready_marker=ready_marker,
+                restart=start,
             )
         )
-        child.log_thread = threading.Thread(target=self._forward, args=(child,), name=name, daemon=True)
-        child.log_thread.start()
+        self._follow(child)
         return child
 
+    def _follow(self, child: Child) -> None:
+        """Forward the output of the child's current process, if we read it."""
+        if child.process.stdout is None:
+            return
+        child.log_thread = threading.Thread(target=self._forward, args=(child,), name=child.name, daemon=True)
+        child.log_thread.start()
+
     def _forward(self, child: Child) -> None:
-        assert child.process.stdout is not None
-        for raw in child.process.stdout:
+        stdout = child.process.stdout
+        assert stdout is not None
+        for raw in stdout:
             line = raw.decode(errors="replace").rstrip()
             if child.ready_marker in line:
                 child.ready_lines_seen += 1
@@ -207,13 +242,42 @@ class Supervisor:
         return True
 
     def watch(self) -> Child | None:
-        """Block until a stop signal (None) or until a child exits on its own (that child)."""
+        """Block until a stop signal (None). A child that exits on its own is started again after
+        its backoff, the others serving meanwhile; one that cannot be restarted is returned."""
+        due: dict[int, float] = {}  # id(child) -> when it is started again
         while self.stop_signal is None:
+            now = time.monotonic()
             for child in self.children:
-                if child.process.poll() is not None:
+                if child.process.poll() is None:
+                    continue
+                if child.restart is None:
                     return child
+                if id(child) not in due:
+                    child.send(signal.SIGKILL)  # what is left of its group (a worker tree's forks)
+                    delay = child.restart_delay(now)
+                    self.say(
+                        f"{child.name} exited on its own (code {child.process.returncode}); "
+                        f"starting it again in {delay:.1f}s"
+                    )
+                    due[id(child)] = now + delay
+                elif now >= due[id(child)]:
+                    del due[id(child)]
+                    self._restart(child)
             time.sleep(0.2)
         return None
+
+    def _restart(self, child: Child) -> None:
+        assert child.restart is not None
+        try:
+            process = child.restart()
+        except Exception as error:  # the next round tries again, with more backoff
+            self.say(f"{child.name} did not start again: {error}")
+            return  # its old process is still dead: the next round schedules another try
+        if child.log_thread is not None:
+            child.log_thread.join(timeout=2.0)
+        child.process, child.started_at = process, time.monotonic()
+        self._follow(child)
+        self.say(f"{child.name} started again (pid {process.pid})")
 
     def stop(self) -> bool:
         """SIGTERM each tier, newest first, and wait; SIGKILL on timeout or a second signal.
@@ -292,7 +356,7 @@ def start_owned_redis(settings: Settings, redis_dir: Path, say: Callable[[str], 
                 raise StackError(f"the leftover Redis on port {port} did not shut down")
             time.sleep(0.05)
     process = start_redis(port, redis_dir, durable=True)
-    return Child("redis", process, STOP_GRACE_S)
+    return Child("redis", process, STOP_GRACE_S, restart=lambda: start_redis(port, redis_dir, durable=True))
 
 
 def _parent_cmdline(pid: int) -> str:
@@ -328,9 +392,34 @@ def start_endpoint(settings: Settings) -> Endpoint:
     return endpoint
 
 
+def restart_endpoint(settings: Settings, say: Callable[[str], None]) -> subprocess.Popen[bytes]:
+    """Start the stack's emulator again and bootstrap it: moto keeps its buckets and secrets in
+    memory only, so without this ingest would fail on a missing bucket and webhooks on a missing
+    secret until someone restarted the stack."""
+    endpoint = start_endpoint(settings)
+    if endpoint.process is None:
+        raise StackError(f"another emulator now answers at {endpoint.url}; not ours to supervise")
+    for line in bootstrap(settings):
+        say(f"bootstrap      {line}")
+    return endpoint.process
+
+
 def _needs_dummy_credentials(settings: Settings) -> bool:
     """The endpoint is an emulator (checked at start), so without configured credentials, dummy ones do."""
     return settings.aws_access_key_id is None and settings.aws_profile is None
+
+
+def local_egress(settings: Settings) -> Settings:
+    """``settings`` with the stack's own WordPress allowed as an egress destination.
+
+    Its URL is loopback (``127.0.0.1:<PRESSLINE_WORDPRESS_PORT>``), which the egress policy refuses
+    unless named; the site ``local-wp`` that ``PRESSLINE_WORDPRESS=1`` (or ``make demo``) registers
+    points there. Only that address and port: the stack's Redis, endpoint and API stay refused.
+    """
+    entry = AllowRule.parse(f"127.0.0.1:{settings.wordpress_port}")
+    if entry in settings.egress_allow:
+        return settings
+    return replace(settings, egress_allow=(*settings.egress_allow, entry))
 
 
 def worker_env(settings: Settings, endpoint: Endpoint, metrics_port: int, prom_db: Path) -> dict[str, str]:
@@ -340,6 +429,7 @@ def worker_env(settings: Settings, endpoint: Endpoint, metrics_port: int, prom_d
         DRAMATIQ_BROKER_URL=settings.broker_url,
         AWS_ENDPOINT_URL=endpoint.url,
         AWS_DEFAULT_REGION=settings.aws_region,
+        PRESSLINE_EGRESS_ALLOW=format_allow_list(settings.egress_allow),
         dramatiq_prom_host="127.0.0.1",  # a dev machine need not serve metrics to its network
         dramatiq_prom_port=str(metrics_port),
         dramatiq_prom_db=str(prom_db),
@@ -439,6 +529,7 @@ def ready_report(
 
 def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
     """Start everything in order; the ready report, or None when a stop signal came first."""
+    settings = local_egress(settings)  # every process below may reach the stack's WordPress
     data_dir = ROOT / settings.data_dir
     redis_child: Child | None = None
     if settings.broker_is_external:
@@ -451,18 +542,23 @@ def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
         return None
 
     endpoint = start_endpoint(settings)
-    if endpoint.process is not None:
-        stack.new_tier()
-        stack.add(Child(f"{endpoint.kind} endpoint", endpoint.process, STOP_GRACE_S))
     stack.say(f"aws endpoint   {endpoint.url} ({endpoint.kind})")
     for line in bootstrap(replace(settings, aws_endpoint_url=endpoint.url)):
         stack.say(f"bootstrap      {line}")
+    if endpoint.process is not None:
+        stack.new_tier()
+        again = functools.partial(
+            restart_endpoint, replace(settings, aws_endpoint_url=endpoint.url), stack.say
+        )
+        stack.add(Child(f"{endpoint.kind} endpoint", endpoint.process, STOP_GRACE_S, restart=again))
     if settings.wordpress_local:  # PRESSLINE_WORDPRESS=1: site local-wp of tenant demo (infra/wordpress.py)
         from infra.wordpress import start_for_stack
 
         stack.new_tier()
-        for name, process in start_for_stack(replace(settings, aws_endpoint_url=endpoint.url), stack.say):
-            stack.add(Child(name, process, STOP_GRACE_S, own_group=True))
+        for name, process, restart in start_for_stack(
+            replace(settings, aws_endpoint_url=endpoint.url), stack.say
+        ):
+            stack.add(Child(name, process, STOP_GRACE_S, own_group=True, restart=restart))
     if stack.stop_signal is not None:
         return None
 

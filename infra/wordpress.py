@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -642,6 +643,7 @@ def register_site(
     registered with its base URL and that secret's name.
     """
     from shared.aws import aws_client
+    from shared.egress import EgressPolicy
     from shared.sites import Site, SiteRegistry
     from shared.wordpress.credentials import store_credentials
 
@@ -655,7 +657,8 @@ def register_site(
     wp = up(cfg, say)
     secret_id = settings.wordpress_credentials_pattern.replace("{site}", site)
     store_credentials(sm, secret_id, wp.user(role))
-    SiteRegistry(client, settings.namespace).register(
+    # Its base URL is loopback: ``settings.egress_allow`` must name it (make run and the tests do).
+    SiteRegistry(client, settings.namespace, EgressPolicy.from_settings(settings)).register(
         Site(
             site=site,
             tenant=tenant,
@@ -675,9 +678,14 @@ STACK_SITE = "local-wp"
 STACK_TENANT = "demo"
 
 
-def start_for_stack(settings: Any, say: Say) -> list[tuple[str, subprocess.Popen[bytes]]]:
+def start_for_stack(
+    settings: Any, say: Say
+) -> list[tuple[str, subprocess.Popen[bytes], Callable[[], subprocess.Popen[bytes]]]]:
     """``make run``'s WordPress: restarted so the supervisor owns (and stops) its processes, then
-    registered as site ``local-wp`` of tenant ``demo``, webhooks to the stack's API."""
+    registered as site ``local-wp`` of tenant ``demo``, webhooks to the stack's API.
+
+    Each process comes with its name and what starts it again should it die.
+    """
     from shared.redis_client import redis_client
 
     cfg = config_from_settings(settings)
@@ -689,7 +697,25 @@ def start_for_stack(settings: Any, say: Say) -> list[tuple[str, subprocess.Popen
         f"wordpress      {site.base_url} (site {STACK_SITE} of tenant {STACK_TENANT}; "
         f"logins in {cfg.path('credentials.json')})"
     )
-    return [("mariadb" if "mariadbd" in str(p.args) else "wordpress", p) for p in site.processes]
+    started: list[tuple[str, subprocess.Popen[bytes], Callable[[], subprocess.Popen[bytes]]]] = []
+    for process in site.processes:
+        name = "mariadb" if "mariadbd" in str(process.args) else "wordpress"
+        start = _start_db if name == "mariadb" else _start_php
+        started.append((name, process, functools.partial(_start_again, start, cfg, say, name)))
+    return started
+
+
+def _start_again(
+    start: Callable[[WordPressConfig, Say], subprocess.Popen[bytes] | None],
+    cfg: WordPressConfig,
+    say: Say,
+    name: str,
+) -> subprocess.Popen[bytes]:
+    """Start one of the instance's processes again after it died (``make run``'s supervisor)."""
+    process = start(cfg, say)
+    if process is None:
+        raise BootstrapError(f"{name} already runs outside the stack")
+    return process
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -299,3 +299,92 @@ def test_external_broker_is_used_not_started(
     assert "killed" not in stack.output()
     assert [pid for pid in children if alive(pid)] == []
     assert redis.Redis.from_url(redis_url).ping()
+
+
+def _wait(predicate: Callable[[], bool], what: str, stack: Stack, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert stack.process.poll() is None, f"the stack exited:\n{stack.output()}"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s\n{stack.output()}"
+        time.sleep(0.2)
+
+
+def test_a_dead_component_is_started_again_and_the_rest_keep_serving(start_stack: StartStack) -> None:
+    """Issue 15, point 1: kill -9 of a worker process, the API, the fake LLM, the AWS endpoint and
+    Redis each bring back that component only (the endpoint bootstrapped again); a job then runs."""
+    import boto3
+
+    aws_url = f"http://127.0.0.1:{free_port()}"
+    stack = start_stack(AWS_ENDPOINT_URL=aws_url)
+    stack.wait_ready()
+    api = "http://127.0.0.1:{}".format(
+        re.search(r"api\s+http://127.0.0.1:(\d+)", stack.output()).group(1)  # type: ignore[union-attr]
+    )
+
+    def serving() -> bool:
+        try:
+            return httpx.get(f"{api}/v1/openapi.json", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def restarted(name: str) -> Callable[[], bool]:
+        count = stack.output().count(f"{name} started again")
+        return lambda: stack.output().count(f"{name} started again") > count
+
+    def child_running(marker: str) -> int:
+        """The stack's own child (not a grandchild: the API's pre-forked servers share its command line)."""
+        children = [pid for pid, parent in parent_map().items() if parent == stack.process.pid]
+        return next(pid for pid in children if marker in " ".join(cmdline(pid)))
+
+    # A worker process of one queue: Dramatiq's master then exits; only that queue's tree restarts.
+    masters = stack.workers_by_queue()
+    worker = sorted(descendants(masters["ingest"]))[0]
+    back = restarted("ingest")
+    os.kill(worker, signal.SIGKILL)
+    _wait(back, "ingest restarted", stack)
+    assert serving()  # the API went on serving meanwhile
+    assert stack.workers_by_queue()["publish"] == masters["publish"]  # other queues untouched
+    _wait(
+        lambda: stack.workers_by_queue().get("ingest", masters["ingest"]) != masters["ingest"],
+        "new ingest",
+        stack,
+    )
+
+    for name, marker in (("api", "functions.serve"), ("fake-llm", "localstack.fake_provider")):
+        back = restarted(name)
+        os.kill(child_running(marker), signal.SIGKILL)
+        _wait(back, f"{name} restarted", stack)
+    _wait(serving, "the API answers again", stack)
+
+    s3 = boto3.client(
+        "s3", endpoint_url=aws_url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    back = restarted("moto endpoint")
+    os.kill(child_running("moto.server"), signal.SIGKILL)
+    _wait(back, "the endpoint restarted", stack)
+    assert "pressline-payloads" in {b["Name"] for b in s3.list_buckets()["Buckets"]}  # bootstrapped again
+
+    back = restarted("redis")
+    os.kill(child_running("redis-server"), signal.SIGKILL)
+    _wait(back, "redis restarted", stack)
+
+    # Everything is back: a job goes through all four queues.
+    token = TokenStore(redis.Redis(port=stack.redis_port), "pressline").mint("demo", "editor")[0]
+    auth = {"Authorization": f"Bearer {token}"}
+    created = httpx.post(
+        f"{api}/v1/jobs",
+        json={"input": {"title": "Back", "source": "One. Two. Three."}},
+        headers=auth,
+        timeout=10,
+    )
+    assert created.status_code == 202, created.text
+    status_url = api + created.json()["status_url"]
+    _wait(
+        lambda: httpx.get(status_url, headers=auth, timeout=5).json()["state"] in ("succeeded", "failed"),
+        "the job finished",
+        stack,
+    )
+    assert httpx.get(status_url, headers=auth, timeout=5).json()["state"] == "succeeded"
+
+    os.killpg(stack.process.pid, signal.SIGINT)
+    assert stack.wait_exit() == 0, stack.output()
