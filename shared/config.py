@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shared.egress.policy import AllowRule, EgressPolicy, EgressRefused, parse_allow_list
+
 #: The four workflow stages, then ``webhooks`` (outbound signed webhooks, see shared.outbound).
 QUEUES: tuple[str, ...] = ("ingest", "infer", "post-process", "publish", "webhooks")
 
@@ -136,6 +138,28 @@ def parse_concurrency(raw: str | None) -> dict[str, QueueConcurrency]:
     return result
 
 
+#: How long a queue's message is retried through an upstream outage, from its first failure.
+DEFAULT_RETRY_BUDGET_S = 15 * 60
+
+
+def parse_retry_budgets(raw: str | None) -> dict[str, int]:
+    """Parse ``900`` (every queue), ``infer=1800,publish=3600`` (those queues) or both, into seconds
+    per queue, over the default of 15 minutes."""
+    every, per_queue = DEFAULT_RETRY_BUDGET_S, {}
+    for item in (raw or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        queue, sep, value = item.rpartition("=")
+        if not value.isdigit() or (sep and queue not in QUEUES):
+            raise ConfigError(f"PRESSLINE_RETRY_BUDGET_S: cannot parse {item!r} (want seconds or queue=seconds)")
+        if sep:
+            per_queue[queue] = int(value)
+        else:
+            every = int(value)
+    return dict.fromkeys(QUEUES, every) | per_queue
+
+
 _RATE_ITEM = re.compile(
     r"^(?P<name>[A-Za-z0-9_.:-]+)=(?P<n>\d+)/(?P<per>\d*\.?\d*)(?P<unit>ms|s|m|h)(?::(?P<b>\d+))?$"
 )
@@ -172,6 +196,29 @@ def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return urls
 
 
+def _egress_allow(env: Mapping[str, str]) -> tuple[AllowRule, ...]:
+    """``PRESSLINE_EGRESS_ALLOW``: hosts, addresses and networks allowed though not public."""
+    try:
+        return parse_allow_list(env.get("PRESSLINE_EGRESS_ALLOW"))
+    except ValueError as error:
+        raise ConfigError(f"PRESSLINE_EGRESS_ALLOW: {error}") from None
+
+
+def _egress_checked(name: str, urls: tuple[str, ...], allow: tuple[AllowRule, ...]) -> tuple[str, ...]:
+    """Refuse URLs whose host is a non-public address literal (in any spelling) the allow-list does
+    not name. Names are not resolved here (no DNS while reading settings): the processes that send
+    check them at startup and on every connection (shared.egress)."""
+    numeric = EgressPolicy(allow).numeric()
+    for position, url in enumerate(urls, 1):
+        try:
+            numeric.check_url(url)
+        except OSError:
+            continue  # a name
+        except (EgressRefused, ValueError) as error:  # names the host (no secret), never path or query
+            raise ConfigError(f"{name}: entry {position}: {error} (see PRESSLINE_EGRESS_ALLOW)") from None
+    return urls
+
+
 def _rate(env: Mapping[str, str], name: str, default: RateLimit) -> RateLimit:
     """A single rate such as ``50/s:100`` (limit per period, optional burst)."""
     raw = env.get(name)
@@ -205,11 +252,19 @@ class Settings:
     payload_bucket: str = "pressline-payloads"
     claim_check_bytes: int = 16 * 1024
     qdrant_url: str | None = None
+    #: The shared webhook secret's local override; like ``webhook_secret_name``, read only in the
+    #: single-tenant development mode (``webhook_shared_secret_dev``).
     hmac_webhook_secret: str | None = field(default=None, repr=False)
     webhook_secret_name: str = "pressline/webhook-hmac"
+    #: Single-tenant development only: a registered site without its own webhook secret accepts the
+    #: shared one (``HMAC_WEBHOOK_SECRET``, else ``webhook_secret_name``). Off: such a site refuses
+    #: every webhook, since whoever holds a shared secret could start jobs for any tenant's site.
+    webhook_shared_secret_dev: bool = False
     #: Secrets Manager name of one WordPress site's webhook secret; ``{site}`` is replaced by the site.
-    #: A site without its own secret uses ``HMAC_WEBHOOK_SECRET``, else ``webhook_secret_name``.
     webhook_site_secret_pattern: str = "pressline/sites/{site}/webhook"
+    #: How long a rotated-out webhook secret (``AWSPREVIOUS``) is still accepted by default
+    #: (``python -m shared.sites rotate-secret --grace-s`` sets it per rotation).
+    webhook_rotation_grace_s: int = 24 * 3600
     #: How long a fetched webhook secret is reused before Secrets Manager is asked again.
     webhook_secret_cache_ttl_s: float = 60.0
     #: Accepted distance between a webhook's timestamp and now, both ways (Standard Webhooks: 5 min).
@@ -233,6 +288,9 @@ class Settings:
     max_retries: int = 5
     min_backoff_ms: int = 500
     max_backoff_ms: int = 5 * 60_000
+    #: Per queue: how long an upstream outage (LLM provider, WordPress, AWS endpoint, Redis) is
+    #: retried, from the message's first failure, before it is dead-lettered (seconds).
+    retry_budget_s: dict[str, int] = field(default_factory=lambda: parse_retry_budgets(None))
     openai_base_url: str = "https://api.openai.com/v1"
     anthropic_base_url: str = "https://api.anthropic.com"
     groq_base_url: str = "https://api.groq.com/openai/v1"
@@ -278,6 +336,9 @@ class Settings:
     cost_request_ttl_s: int = 30 * 24 * 3600
     #: A budget hold expires after this, so a crashed process cannot keep a tenant's budget.
     budget_reservation_ttl_s: float = 900.0
+    #: Non-public destinations Pressline may still connect to for sites and outbound webhooks
+    #: (``PRESSLINE_EGRESS_ALLOW``: host, host:port, address[:port] or CIDR[:port]; see shared.egress).
+    egress_allow: tuple[AllowRule, ...] = ()
     #: Back-office endpoints that receive Pressline's signed events (run outcomes, budget alerts).
     outbound_webhook_urls: tuple[str, ...] = ()
     #: Secrets Manager name of the outbound signing secret (``whsec_...``; see localstack/bootstrap.py).
@@ -342,6 +403,7 @@ class Settings:
         endpoint = env.get("AWS_ENDPOINT_URL", default.aws_endpoint_url)
         local_redis_port = _int(env, "PRESSLINE_LOCAL_REDIS_PORT", default.local_redis_port)
         external_broker_url = env.get("DRAMATIQ_BROKER_URL") or None
+        egress_allow = _egress_allow(env)
         return cls(
             broker_url=external_broker_url or f"redis://127.0.0.1:{local_redis_port}/0",
             broker_is_external=external_broker_url is not None,
@@ -362,7 +424,13 @@ class Settings:
             qdrant_url=env.get("QDRANT_URL") or None,
             hmac_webhook_secret=env.get("HMAC_WEBHOOK_SECRET") or None,
             webhook_secret_name=env.get("PRESSLINE_WEBHOOK_SECRET_NAME") or default.webhook_secret_name,
+            webhook_shared_secret_dev=_bool(
+                env, "PRESSLINE_WEBHOOK_SHARED_SECRET_DEV", default.webhook_shared_secret_dev
+            ),
             webhook_site_secret_pattern=_site_pattern(env, default.webhook_site_secret_pattern),
+            webhook_rotation_grace_s=_int(
+                env, "PRESSLINE_WEBHOOK_ROTATION_GRACE_S", default.webhook_rotation_grace_s
+            ),
             webhook_secret_cache_ttl_s=_float(
                 env, "PRESSLINE_WEBHOOK_SECRET_CACHE_TTL_S", default.webhook_secret_cache_ttl_s
             ),
@@ -392,6 +460,7 @@ class Settings:
             max_retries=_int(env, "PRESSLINE_MAX_RETRIES", default.max_retries),
             min_backoff_ms=_int(env, "PRESSLINE_MIN_BACKOFF_MS", default.min_backoff_ms),
             max_backoff_ms=_int(env, "PRESSLINE_MAX_BACKOFF_MS", default.max_backoff_ms),
+            retry_budget_s=parse_retry_budgets(env.get("PRESSLINE_RETRY_BUDGET_S")),
             openai_base_url=env.get("PRESSLINE_OPENAI_BASE_URL") or default.openai_base_url,
             anthropic_base_url=env.get("PRESSLINE_ANTHROPIC_BASE_URL") or default.anthropic_base_url,
             groq_base_url=env.get("PRESSLINE_GROQ_BASE_URL") or default.groq_base_url,
@@ -435,7 +504,10 @@ class Settings:
             budget_reservation_ttl_s=_float(
                 env, "PRESSLINE_BUDGET_RESERVATION_TTL_S", default.budget_reservation_ttl_s
             ),
-            outbound_webhook_urls=_urls(env, "PRESSLINE_OUTBOUND_WEBHOOK_URLS"),
+            egress_allow=egress_allow,
+            outbound_webhook_urls=_egress_checked(
+                "PRESSLINE_OUTBOUND_WEBHOOK_URLS", _urls(env, "PRESSLINE_OUTBOUND_WEBHOOK_URLS"), egress_allow
+            ),
             outbound_webhook_secret_name=env.get("PRESSLINE_OUTBOUND_WEBHOOK_SECRET_NAME")
             or default.outbound_webhook_secret_name,
             outbound_webhook_secret=env.get("PRESSLINE_OUTBOUND_WEBHOOK_SECRET") or None,

@@ -234,6 +234,31 @@ def test_provider_down_opens_the_breaker_and_fails_over(
     set_fake_state(fake, down={"openai": None})
 
 
+def test_an_open_breaker_says_when_to_come_back(proxy: str, token: str, fake: str, redis_url: str) -> None:
+    """Issue 15, point 3: the refusal carries the time until the breaker lets a trial through, so a
+    job's retry waits for the provider instead of using up its retries while the circuit is open."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*client.keys("pressline.breaker.*") or ["x"])
+    set_fake_state(fake, down={"anthropic": 503})
+    try:
+        answers = [
+            httpx.post(
+                f"{proxy}/v1/chat/completions",
+                json={"model": "claude-3-5-haiku", "messages": USER},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            for _ in range(3)  # two attempts each (PRESSLINE_PROXY_ATTEMPTS=2): open after the second
+        ]
+    finally:
+        set_fake_state(fake, down={"anthropic": None})
+    refused = answers[-1]
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "upstream_unavailable"
+    assert "circuit is open" in refused.json()["error"]["message"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60  # PRESSLINE_BREAKER_RESET_TIMEOUT_S=60
+    client.delete(*client.keys("pressline.breaker.*") or ["x"])
+
+
 def test_a_stall_ends_the_stream_with_an_error_event_within_the_idle_timeout(
     proxy: str, token: str, fake: str
 ) -> None:

@@ -15,7 +15,6 @@ from dramatiq.middleware import (
     CurrentMessage,
     Middleware,
     Pipelines,
-    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
@@ -27,6 +26,7 @@ from shared.claim_check import ClaimCheckEncoder
 from shared.config import Settings
 from shared.idempotency import IdempotencyStore
 from shared.jobs import JobStore
+from shared.outbound import checked_endpoints
 from shared.payloads import PayloadStore
 from shared.pipeline.events import emit_outcome
 from shared.redis_client import redis_client
@@ -39,6 +39,7 @@ from .middleware.archive import Archive
 from .middleware.idempotency import Idempotency
 from .middleware.job_state import JobState, OnFinished
 from .middleware.prometheus import Prometheus, job_finished
+from .middleware.retry_budget import BudgetedRetries
 
 
 def build_middleware(
@@ -68,17 +69,19 @@ def build_middleware(
         # After Pipelines: a stage is recorded done before its next stage is enqueued (and can
         # finish the job); before Retries: it sees whether Retries gave up on the message.
         JobState(jobs, on_finished=outcome_events(settings, jobs)),
-        Retries(
+        BudgetedRetries(
             max_retries=settings.max_retries,
             min_backoff=settings.min_backoff_ms,
             max_backoff=settings.max_backoff_ms,
+            budgets_ms={queue: seconds * 1000 for queue, seconds in settings.retry_budget_s.items()},
         ),
     ]
 
 
 def outcome_events(settings: Settings, jobs: JobStore) -> OnFinished:
-    """A job's ``run.completed`` / ``run.failed`` event to the outbound webhook endpoints."""
-    urls = settings.outbound_webhook_urls
+    """A job's ``run.completed`` / ``run.failed`` event to the outbound webhook endpoints (each
+    checked by the egress policy now: a refused one stops the worker at startup, ConfigError)."""
+    urls = checked_endpoints(settings)
 
     def on_finished(broker: dramatiq.Broker, job_id: str, kind: str) -> str | None:
         job_finished(kind)  # pressline_jobs_finished_total{outcome}

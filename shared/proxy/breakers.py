@@ -25,6 +25,8 @@ class BreakerCheck:
     state: str
     failures: int
     allows: bool
+    #: While it refuses: seconds until it lets a trial request through (half-open).
+    retry_after_s: float | None = None
 
     @property
     def clean(self) -> bool:
@@ -104,12 +106,10 @@ class Breakers:
         storage = self.breaker(provider)._state_storage
         assert isinstance(storage, _Storage)
         state, failures, opened_at = storage.snapshot()
-        allows = (
-            state != pybreaker.STATE_OPEN
-            or opened_at is None
-            or (datetime.now(UTC) - opened_at).total_seconds() >= self.reset_timeout_s
-        )
-        return BreakerCheck(state, failures, allows)
+        if state != pybreaker.STATE_OPEN or opened_at is None:
+            return BreakerCheck(state, failures, True)
+        left_s = self.reset_timeout_s - (datetime.now(UTC) - opened_at).total_seconds()
+        return BreakerCheck(state, failures, left_s <= 0, max(0.0, left_s) if left_s > 0 else None)
 
     def allows(self, provider: str) -> bool:
         return self.check(provider).allows

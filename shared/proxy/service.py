@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import time
 import uuid
@@ -28,6 +29,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from shared.api.errors import ApiError
 from shared.api.guard import Guard
+from shared.api.json_reader import read_json
 from shared.api.responses import ApiResponse
 from shared.auth import Principal, Role, Scope
 from shared.cache import HEADER as CACHE_HEADER
@@ -306,15 +308,7 @@ class ProxyService:
         return None, dataclasses.replace(request, cache_probe=probe)
 
     def _parse(self, body: bytes | None, content_type: str | None, wire: Wire) -> dict[str, Any]:
-        raw = body or b""
-        if len(raw) > self.max_body_bytes:
-            raise ApiError(413, "payload_too_large", f"the body is larger than {self.max_body_bytes} bytes")
-        if (content_type or "application/json").split(";", 1)[0].strip().lower() != "application/json":
-            raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-        try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        value = read_json(body, content_type, max_bytes=self.max_body_bytes)
         if not isinstance(value, dict):
             raise ApiError(422, "invalid_body", "the body must be a JSON object")
         if not isinstance(value.get("model"), str) or not value["model"]:
@@ -345,7 +339,10 @@ class ProxyService:
             check = self.breakers.check(target.provider)
             if not check.allows:
                 last = UpstreamError(
-                    "breaker_open", f"{target.provider} is failing; its circuit is open", retryable=True
+                    "breaker_open",
+                    f"{target.provider} is failing; its circuit is open",
+                    retryable=True,
+                    retry_after_s=check.retry_after_s,
                 )
                 continue
             provider = self.providers[target.provider]
@@ -636,7 +633,10 @@ class ProxyService:
                 "every provider for this model is rate limiting",
                 headers={"Retry-After": str(max(1, int(last.retry_after_s or 1)))},
             )
-        return ApiError(503 if last.kind == "breaker_open" else 502, "upstream_unavailable", str(last))
+        if last.kind == "breaker_open":  # when the breaker lets a trial through: the job retries then
+            retry_after = str(max(1, math.ceil(last.retry_after_s or 1)))
+            return ApiError(503, "upstream_unavailable", str(last), headers={"Retry-After": retry_after})
+        return ApiError(502, "upstream_unavailable", str(last))
 
 
 def _record(span: Span, outcome: str, reported: Reported, cost_pico: int) -> None:
