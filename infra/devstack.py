@@ -41,7 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from infra.redis_server import free_port, start_redis
-from localstack.bootstrap import bootstrap
+from localstack.bootstrap import bootstrap, restore_secrets, saved_secrets
 from localstack.endpoint import EDGE_PORT, Endpoint, ensure_endpoint, probe
 from localstack.fake_provider import provider_env
 from shared.aws import LOCAL_CREDENTIALS, is_local_endpoint
@@ -392,14 +392,17 @@ def start_endpoint(settings: Settings) -> Endpoint:
     return endpoint
 
 
-def restart_endpoint(settings: Settings, say: Callable[[str], None]) -> subprocess.Popen[bytes]:
-    """Start the stack's emulator again and bootstrap it: moto keeps its buckets and secrets in
-    memory only, so without this ingest would fail on a missing bucket and webhooks on a missing
-    secret until someone restarted the stack."""
+def restart_endpoint(
+    settings: Settings, say: Callable[[str], None], saved: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """Start the stack's emulator again, bootstrap it and put back the secrets it had when the
+    stack became ready (the sites' webhook secrets and WordPress credentials among them): moto
+    keeps its state in memory only, so without this ingest would fail on a missing bucket, and
+    webhooks and publishing on missing secrets, until someone restarted the stack."""
     endpoint = start_endpoint(settings)
     if endpoint.process is None:
         raise StackError(f"another emulator now answers at {endpoint.url}; not ours to supervise")
-    for line in bootstrap(settings):
+    for line in [*bootstrap(settings), *restore_secrets(settings, saved)]:
         say(f"bootstrap      {line}")
     return endpoint.process
 
@@ -542,13 +545,14 @@ def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
         return None
 
     endpoint = start_endpoint(settings)
+    saved: dict[str, str] = {}  # the endpoint's secrets, once the stack is ready (restart_endpoint)
     stack.say(f"aws endpoint   {endpoint.url} ({endpoint.kind})")
     for line in bootstrap(replace(settings, aws_endpoint_url=endpoint.url)):
         stack.say(f"bootstrap      {line}")
     if endpoint.process is not None:
         stack.new_tier()
         again = functools.partial(
-            restart_endpoint, replace(settings, aws_endpoint_url=endpoint.url), stack.say
+            restart_endpoint, replace(settings, aws_endpoint_url=endpoint.url), stack.say, saved
         )
         stack.add(Child(f"{endpoint.kind} endpoint", endpoint.process, STOP_GRACE_S, restart=again))
     if settings.wordpress_local:  # PRESSLINE_WORDPRESS=1: site local-wp of tenant demo (infra/wordpress.py)
@@ -615,6 +619,7 @@ def start_stack(stack: Supervisor, settings: Settings) -> list[str] | None:
     )
     if not stack.wait_ready([api], WORKER_BOOT_TIMEOUT_S):
         return None
+    saved.update(saved_secrets(replace(settings, aws_endpoint_url=endpoint.url)))
     report = ready_report(settings, redis_child, endpoint, workers, fake_url)
     if settings.prometheus_local:  # PRESSLINE_PROMETHEUS=1
         from infra.prometheus import start_local_prometheus

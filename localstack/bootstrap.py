@@ -1,8 +1,11 @@
 """Create what Pressline expects on the local AWS endpoint; safe to run any number of times.
 
 * the S3 payload bucket (claim-check payloads and job archives);
-* the webhook HMAC secret, in Standard Webhooks form ``whsec_<base64 of 32 bytes>``, or the value of
-  ``HMAC_WEBHOOK_SECRET`` when that local override is set;
+* the shared webhook HMAC secret, in Standard Webhooks form ``whsec_<base64 of 32 bytes>``, or the
+  value of ``HMAC_WEBHOOK_SECRET`` when that local override is set. It is read only in the
+  single-tenant development mode (``PRESSLINE_WEBHOOK_SHARED_SECRET_DEV=1``); otherwise each site
+  has a secret of its own, made by ``python -m shared.sites register`` (or, for ``make run``'s
+  WordPress, by ``infra.wordpress.register_site``), and this one is accepted for no site;
 * the outbound webhook signing secret (Pressline's own events to back-office endpoints), the same
   way: generated when absent, or ``PRESSLINE_OUTBOUND_WEBHOOK_SECRET`` when that override is set;
 * one secret per LLM provider key, with values that are obviously fake.
@@ -83,6 +86,24 @@ def ensure_secret(sm: BaseClient, name: str, value: str, *, replace: bool = Fals
         sm.put_secret_value(SecretId=name, SecretString=value)
         return f"secret {name}: updated{suffix}"
     return f"secret {name}: already present"
+
+
+def saved_secrets(settings: Settings) -> dict[str, str]:
+    """Every secret on the emulator and its current value: what :func:`restore_secrets` puts back
+    after the emulator restarted with nothing (moto keeps its state in memory only)."""
+    sm = aws_client("secretsmanager", settings)
+    names = [
+        str(entry["Name"])
+        for page in sm.get_paginator("list_secrets").paginate()
+        for entry in page.get("SecretList", [])
+    ]
+    return {name: value for name in names if (value := _current_value(sm, name)) is not None}
+
+
+def restore_secrets(settings: Settings, saved: dict[str, str]) -> list[str]:
+    """Create each saved secret that is missing (names only in the report, never values)."""
+    sm = aws_client("secretsmanager", settings)
+    return [ensure_secret(sm, name, value, origin="restored") for name, value in sorted(saved.items())]
 
 
 def bootstrap(settings: Settings) -> list[str]:

@@ -164,3 +164,20 @@ def test_dummy_credentials_only_for_a_local_endpoint_without_credentials(
 ) -> None:
     settings = Settings(aws_endpoint_url=endpoint, aws_access_key_id=key_id)
     assert uses_local_credentials(settings) is expected
+
+
+def test_saved_secrets_come_back_after_the_emulator_lost_them(make_settings: MakeSettings) -> None:
+    """What make run does when moto restarts empty (issue 15, point 5): every secret it had is put back."""
+    from localstack.bootstrap import restore_secrets, saved_secrets
+
+    settings = make_settings()
+    sm = aws_client("secretsmanager", settings)
+    name = f"{settings.provider_secret_prefix}site-x/webhook"
+    sm.create_secret(Name=name, SecretString="whsec_c2l0ZS14")
+    saved = saved_secrets(settings)
+    assert saved[name] == "whsec_c2l0ZS14"
+    sm.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)  # as a restarted moto: gone
+    lines = restore_secrets(settings, saved)
+    assert f"secret {name}: created (restored)" in lines
+    assert not any("whsec_c2l0ZS14" in line for line in lines)  # names only, never values
+    assert sm.get_secret_value(SecretId=name)["SecretString"] == "whsec_c2l0ZS14"
