@@ -26,9 +26,11 @@ import httpx
 import redis
 
 from infra import wordpress as wp
+from infra.devstack import local_egress
 from infra.pipeline_stack import PipelineStack, pipeline_stack, stack_wordpress
 from shared.auth import TokenStore
 from shared.config import Settings
+from shared.egress import EgressPolicy
 from shared.redis_client import redis_client
 from shared.sites import SiteRegistry
 
@@ -54,7 +56,7 @@ def _make_run_stack(settings: Settings) -> Target | None:
         redis.Redis.from_url(settings.broker_url, socket_timeout=2.0).ping()
     except (httpx.HTTPError, redis.RedisError):
         return None
-    return Target(api, settings)
+    return Target(api, local_egress(settings))  # its WordPress is loopback, allowed as make run allows it
 
 
 @contextlib.contextmanager
@@ -95,7 +97,7 @@ def prepare_site(target: Target, client: redis.Redis, *, publish: bool) -> tuple
             target.stack, demo_wordpress_root(settings), site=SITE, tenant=TENANT, publish=publish
         )
         return SITE, TENANT, site.base_url
-    registry = SiteRegistry(client, settings.namespace)
+    registry = SiteRegistry(client, settings.namespace, EgressPolicy.from_settings(settings))
     current = registry.get(wp.STACK_SITE)
     if current is None or not _answers(current.base_url):
         print(f"registering make run's WordPress as site {wp.STACK_SITE!r} (webhooks to {target.api})")

@@ -6,6 +6,8 @@ stopped in reverse order when the block ends.  ``make run`` is the interactive e
 
 :func:`stack_wordpress` gives such a stack a WordPress instance of its own (its own root dir, on
 free ports): one instance sends its webhooks to one URL, so a stack never takes over ``make run``'s.
+Its port is chosen when the stack starts, so the processes' egress allow-list
+(``PRESSLINE_EGRESS_ALLOW``) names exactly that loopback address and port.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from localstack.endpoint import ensure_endpoint
 from localstack.fake_provider import ROUTING_POLICY, provider_env, running_fake_provider
 from shared.aws import LOCAL_CREDENTIALS
 from shared.config import Settings
+from shared.egress import AllowRule, format_allow_list, parse_allow_list
 
 if TYPE_CHECKING:
     from infra.wordpress import LocalWordPress
@@ -48,6 +51,8 @@ class PipelineStack:
     env: dict[str, str]
     fake_llm: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: Where :func:`stack_wordpress` serves (the one loopback port the stack's egress policy allows).
+    wordpress_port: int = 0
 
 
 def _start_worker_tree(
@@ -87,14 +92,18 @@ def pipeline_stack(
     """Start the whole pipeline in ``scratch`` (logs, Redis data); stop it when the block ends."""
     scratch = scratch.resolve()  # redis-server changes into its --dir
     scratch.mkdir(parents=True, exist_ok=True)
-    redis_port, aws_port = free_port(), free_port()
+    redis_port, aws_port, wordpress_port = free_port(), free_port(), free_port()
     redis_dir = scratch / "redis"
     shutil.rmtree(redis_dir, ignore_errors=True)
     redis_proc = start_redis(redis_port, redis_dir, durable=False)
     endpoint = ensure_endpoint(port=aws_port)
     trees: list[subprocess.Popen[bytes]] = []
     try:
-        settings = Settings(broker_url=f"redis://127.0.0.1:{redis_port}/0", aws_endpoint_url=endpoint.url)
+        inherited = parse_allow_list({**os.environ, **(extra_env or {})}.get("PRESSLINE_EGRESS_ALLOW"))
+        egress = (*inherited, AllowRule.parse(f"127.0.0.1:{wordpress_port}"))
+        settings = Settings(
+            broker_url=f"redis://127.0.0.1:{redis_port}/0", aws_endpoint_url=endpoint.url, egress_allow=egress
+        )
         bootstrap(settings)
         policy = scratch / "routing.json"
         policy.write_text(json.dumps(ROUTING_POLICY))
@@ -109,6 +118,7 @@ def pipeline_stack(
                 PRESSLINE_ROUTING_POLICY=str(policy),
                 PRESSLINE_API_RATE_LIMIT="100000/s:100000",
                 **(extra_env or {}),
+                PRESSLINE_EGRESS_ALLOW=format_allow_list(egress),
             )
             if "AWS_ACCESS_KEY_ID" not in os.environ:
                 env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = LOCAL_CREDENTIALS
@@ -128,7 +138,7 @@ def pipeline_stack(
                 trees.append(tree)
                 _wait_ready(log, 1, tree)
             with local_api(env, scratch / "api.log") as api:
-                yield PipelineStack(api.url, settings, env, fake, [*trees, api.process])
+                yield PipelineStack(api.url, settings, env, fake, [*trees, api.process], wordpress_port)
     finally:
         for tree in reversed(trees):
             _stop_tree(tree)
@@ -140,12 +150,13 @@ def pipeline_stack(
 def stack_wordpress(
     stack: PipelineStack, root: Path, *, site: str, tenant: str, publish: bool
 ) -> LocalWordPress:
-    """The local WordPress in ``root`` (a previous run's instance there is stopped first), on free
-    ports, registered with the stack as ``site`` of ``tenant``, its webhooks sent to the stack's API."""
+    """The local WordPress in ``root`` (a previous run's instance there is stopped first), on the
+    stack's WordPress port (the one its egress allow-list names) and a free database port,
+    registered with the stack as ``site`` of ``tenant``, its webhooks sent to the stack's API."""
     from infra import wordpress as wp
     from shared.redis_client import redis_client
 
-    config = wp.WordPressConfig(root=root, port=free_port(), db_port=free_port(), site=site)
+    config = wp.WordPressConfig(root=root, port=stack.wordpress_port, db_port=free_port(), site=site)
     wp.down(config, say=lambda _: None)  # its pid files say what runs, whatever ports it had
     return wp.register_site(
         stack.settings,

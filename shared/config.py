@@ -144,20 +144,26 @@ DEFAULT_RETRY_BUDGET_S = 15 * 60
 
 def parse_retry_budgets(raw: str | None) -> dict[str, int]:
     """Parse ``900`` (every queue), ``infer=1800,publish=3600`` (those queues) or both, into seconds
-    per queue, over the default of 15 minutes."""
-    every, per_queue = DEFAULT_RETRY_BUDGET_S, {}
+    per queue. Default: 15 minutes for the pipeline's stages, none for ``webhooks``, whose own
+    retry limit and backoff (``PRESSLINE_OUTBOUND_WEBHOOK_*``) already span hours."""
+    every: int | None = None
+    per_queue: dict[str, int] = {}
     for item in (raw or "").split(","):
         item = item.strip()
         if not item:
             continue
         queue, sep, value = item.rpartition("=")
         if not value.isdigit() or (sep and queue not in QUEUES):
-            raise ConfigError(f"PRESSLINE_RETRY_BUDGET_S: cannot parse {item!r} (want seconds or queue=seconds)")
+            raise ConfigError(
+                f"PRESSLINE_RETRY_BUDGET_S: cannot parse {item!r} (want seconds or queue=seconds)"
+            )
         if sep:
             per_queue[queue] = int(value)
         else:
             every = int(value)
-    return dict.fromkeys(QUEUES, every) | per_queue
+    defaults = dict.fromkeys(QUEUES, DEFAULT_RETRY_BUDGET_S) | {"webhooks": 0}
+    base = defaults if every is None else dict.fromkeys(QUEUES, every)
+    return base | per_queue
 
 
 _RATE_ITEM = re.compile(

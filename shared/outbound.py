@@ -10,6 +10,12 @@ from where an operator can requeue it (``python -m workers.dead_letters requeue 
 The ``webhook-id`` is chosen once per event and kept across retries and requeues, so a receiver
 deduplicates on it; ``webhook-timestamp`` is each attempt's own (receivers reject stale ones).
 The signing secret never enters a message, a log line or an error: the worker reads it itself.
+
+Endpoints go through the egress guard (shared.egress): an IP literal that is not public is refused
+when the settings are read, a name that resolves to such an address when a process starts
+(:func:`checked_endpoints`), and every connection is checked on the address it goes to (the
+worker's client is a guarded one), so a refused endpoint is dead-lettered with a clear error and
+the signed body never leaves. Redirects are not followed.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from dramatiq import Broker
 from dramatiq.errors import Retry
 from dramatiq.message import Message
 
-from shared.config import Settings
+from shared.config import ConfigError, Settings
+from shared.egress import EgressPolicy, EgressRefused, guarded_client
 from shared.errors import PermanentError, TransientError
 from shared.webhooks import sign
 
@@ -42,6 +49,7 @@ __all__ = [
     "QUEUE",
     "OutboundSecret",
     "RetryableDeliveryError",
+    "checked_endpoints",
     "deliver",
     "new_event",
     "publish_event",
@@ -120,13 +128,18 @@ def deliver(
     timeout: float,
     client: httpx.Client | None = None,
     max_retry_after_s: float = 15 * 60,
+    egress: EgressPolicy | None = None,
 ) -> int:
     """POST one signed event to ``url``; returns the 2xx status.
 
     Raises RetryableDeliveryError on connection errors, timeouts, 429 and 5xx (with ``Retry-After``
     as the delay, capped at ``max_retry_after_s``) and PermanentError on any other answer: a 4xx
     means the receiver refuses this message (410 Gone: the endpoint is retired), and a 3xx is not
-    followed, since a redirect could send the signed body somewhere unintended.
+    followed, since a redirect could send the signed body somewhere unintended. An endpoint that
+    resolves to an address the egress policy refuses is a PermanentError, nothing sent.
+
+    ``client`` should be a :func:`shared.egress.guarded_client`; without one, a guarded client of
+    ``egress`` (default: public addresses only) is made for this call.
     """
     body = body_of(event)
     timestamp = int(time.time())
@@ -140,10 +153,12 @@ def deliver(
     where = redact_url(url)
     try:
         if client is None:
-            with httpx.Client(timeout=timeout) as own:
+            with guarded_client(egress or EgressPolicy(), timeout=timeout) as own:
                 response = own.post(url, content=body, headers=headers, timeout=timeout)
         else:
             response = client.post(url, content=body, headers=headers, timeout=timeout)
+    except EgressRefused as e:
+        raise PermanentError(f"{where}: the endpoint resolves to a refused address ({e.reason})") from None
     except httpx.TimeoutException as e:
         raise RetryableDeliveryError(f"{where}: timed out ({type(e).__name__})") from None
     except httpx.TransportError as e:
@@ -156,6 +171,29 @@ def deliver(
         delay_ms = None if hint is None else int(min(hint, max_retry_after_s) * 1000)
         raise RetryableDeliveryError(f"{where}: answered {status}", delay_ms)
     raise PermanentError(f"{where}: answered {status}")
+
+
+def checked_endpoints(settings: Settings, egress: EgressPolicy | None = None) -> tuple[str, ...]:
+    """``PRESSLINE_OUTBOUND_WEBHOOK_URLS``, each host resolved and checked at startup.
+
+    ConfigError names the entry (its position and host, never its path or query) when it resolves
+    to a refused address. A name that does not resolve now is kept with a warning: every delivery
+    checks again on connecting.
+    """
+    policy = egress or EgressPolicy.from_settings(settings)
+    for position, url in enumerate(settings.outbound_webhook_urls, 1):
+        try:
+            policy.check_url(url)
+        except EgressRefused as error:
+            raise ConfigError(
+                f"PRESSLINE_OUTBOUND_WEBHOOK_URLS: entry {position}: {error} (see PRESSLINE_EGRESS_ALLOW)"
+            ) from None
+        except (OSError, ValueError) as error:
+            log.warning(
+                "outbound webhook endpoint cannot be checked now; each delivery checks it",
+                extra={"endpoint": redact_url(url), "error": type(error).__name__},
+            )
+    return settings.outbound_webhook_urls
 
 
 class OutboundSecret:

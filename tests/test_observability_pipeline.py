@@ -46,6 +46,7 @@ from shared.auth import TokenStore
 from shared.aws import aws_client
 from shared.config import Settings
 from shared.cost.budget import BudgetGuard, Period
+from shared.egress import EgressPolicy, parse_allow_list
 from shared.jobs import JobStore
 from shared.sites import Site, SiteRegistry
 from shared.wordpress import store_credentials
@@ -76,7 +77,10 @@ def stack(
     redis_server: str, aws_endpoint: Endpoint, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     scratch = tmp_path_factory.mktemp("observability")
-    settings = Settings(broker_url=redis_server, aws_endpoint_url=aws_endpoint.url)
+    # WordPress and the back office listen on loopback, refused unless allowed: allowed, any port.
+    settings = Settings(
+        broker_url=redis_server, aws_endpoint_url=aws_endpoint.url, egress_allow=parse_allow_list("127.0.0.1")
+    )
     ensure_bucket(settings)
     bootstrap(settings)  # provider keys
     policy = scratch / "routing.json"
@@ -93,6 +97,7 @@ def stack(
             "PRESSLINE_ROUTING_POLICY": str(policy),
             "PRESSLINE_PROXY_ATTEMPTS": "1",
             "PRESSLINE_OUTBOUND_WEBHOOK_URLS": sink,
+            "PRESSLINE_EGRESS_ALLOW": "127.0.0.1",
             "PRESSLINE_OUTBOUND_WEBHOOK_SECRET": new_webhook_secret(),
             "PRESSLINE_MIN_BACKOFF_MS": "200",
             "PRESSLINE_MAX_BACKOFF_MS": "1000",
@@ -206,7 +211,7 @@ def add_site(stack: Stack, wordpress: WordPressFixture, tenant: str) -> str:
     site = f"wp-{uuid.uuid4().hex[:10]}"
     secret_id = f"pressline/sites/{site}/wordpress"
     store_credentials(aws_client("secretsmanager", stack.settings), secret_id, wordpress.author)
-    SiteRegistry(stack.client, stack.settings.namespace).register(
+    SiteRegistry(stack.client, stack.settings.namespace, EgressPolicy.from_settings(stack.settings)).register(
         Site(site, tenant, False, wordpress.base_url, secret_id)
     )
     return site

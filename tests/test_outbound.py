@@ -25,6 +25,7 @@ from shared.aws import aws_client
 from shared.config import DEFAULT_CONCURRENCY, QUEUES, ConfigError, Settings
 from shared.cost.budget import BudgetGuard, Period
 from shared.cost.prices import PriceTable
+from shared.egress import EgressPolicy
 from shared.errors import PermanentError
 from shared.outbound import QUEUE, RetryableDeliveryError, deliver, new_event, publish_event, retry_after_s
 from shared.proxy.accounting import CostAccounting
@@ -35,6 +36,9 @@ from shared.webhooks import verify
 from tests.support.workers import start_workers, stop_workers, worker_children
 
 SECRET = new_webhook_secret()
+#: The receivers listen on loopback, which the egress policy refuses unless allowed (any port here).
+LOOPBACK = "127.0.0.1"
+ALLOW_LOOPBACK = EgressPolicy([LOOPBACK])
 FAST_RETRIES = {
     "PRESSLINE_OUTBOUND_WEBHOOK_MAX_RETRIES": "2",
     "PRESSLINE_OUTBOUND_WEBHOOK_MIN_BACKOFF_MS": "50",
@@ -147,7 +151,7 @@ def workers(redis_url: str, aws_endpoint: Endpoint, tmp_path: Path) -> Iterator[
             log=tmp_path / "workers.log",
             dramatiq_prom_port=str(free_port()),
             dramatiq_prom_db=str(tmp_path / "prom"),
-            **env,
+            **{"PRESSLINE_EGRESS_ALLOW": LOOPBACK, **env},
         )
         started.append(main)
         worker_children(main, 1)
@@ -185,19 +189,23 @@ def assert_signed(request: Received, secret: str = SECRET) -> dict[str, Any]:
 
 def test_deliver_classifies_answers(receiver: Receiver) -> None:
     event = new_event("test.ping", {"n": 1})
-    assert deliver(receiver.url("/ok"), event, "msg_1", SECRET, timeout=5) == 200
+
+    def send(url: str, **options: Any) -> int:
+        return deliver(url, event, "msg_1", SECRET, timeout=5, egress=ALLOW_LOOPBACK, **options)
+
+    assert send(receiver.url("/ok")) == 200
     assert assert_signed(receiver.at("/ok")[0]) == event
     for path in ("/bad", "/gone", "/moved"):  # refused, retired, or a redirect we do not follow
         with pytest.raises(PermanentError, match="answered"):
-            deliver(receiver.url(path) + "?token=hush", event, "msg_1", SECRET, timeout=5)
+            send(receiver.url(path) + "?token=hush")
     with pytest.raises(RetryableDeliveryError) as busy:
-        deliver(receiver.url("/busy"), event, "msg_1", SECRET, timeout=5)
+        send(receiver.url("/busy"))
     assert busy.value.delay == 2000  # Retry-After: 2 replaces the backoff
     with pytest.raises(RetryableDeliveryError) as capped:
-        deliver(receiver.url("/busy"), event, "msg_1", SECRET, timeout=5, max_retry_after_s=0.5)
+        send(receiver.url("/busy"), max_retry_after_s=0.5)
     assert capped.value.delay == 500
     with pytest.raises(RetryableDeliveryError) as refused:
-        deliver(f"http://127.0.0.1:{free_port()}/x", event, "msg_1", SECRET, timeout=5)
+        send(f"http://127.0.0.1:{free_port()}/x")
     assert refused.value.delay is None  # Dramatiq's backoff with jitter applies
     for error in (busy.value, refused.value):
         assert SECRET not in str(error) and "hush" not in str(error)
@@ -317,6 +325,7 @@ def test_a_soft_budget_limit_sends_one_signed_webhook(
     env = {
         "PRESSLINE_OUTBOUND_WEBHOOK_URLS": receiver.url("/ok"),
         "PRESSLINE_OUTBOUND_WEBHOOK_SECRET": SECRET,
+        "PRESSLINE_EGRESS_ALLOW": LOOPBACK,
     }
     workers(**env)
     settings = Settings.from_env({"DRAMATIQ_BROKER_URL": redis_url, **env})

@@ -16,6 +16,7 @@ import httpx
 
 from shared.aws import aws_client
 from shared.config import Settings
+from shared.egress import EgressPolicy, guarded_client
 from shared.errors import PermanentError
 from shared.outbound import ACTOR, QUEUE, OutboundSecret, deliver
 from shared.telemetry.webhook_metrics import webhook_metrics
@@ -31,7 +32,9 @@ def _client_and_secret() -> tuple[httpx.Client, OutboundSecret]:
     with _lock:
         if not _state:
             threads = settings.concurrency[QUEUE].threads
-            _state["client"] = httpx.Client(
+            # Every connection checked by the egress policy (PRESSLINE_EGRESS_ALLOW); no redirects.
+            _state["client"] = guarded_client(
+                EgressPolicy.from_settings(settings),
                 timeout=settings.outbound_webhook_timeout_s,
                 limits=httpx.Limits(max_connections=threads, max_keepalive_connections=threads),
             )

@@ -20,7 +20,7 @@ from shared.cost.budget import BudgetGuard
 from shared.cost.ledger import CostLedger
 from shared.cost.prices import PriceTable
 from shared.jobs import JobStore
-from shared.outbound import publish_event
+from shared.outbound import checked_endpoints, publish_event
 from shared.payloads import PayloadStore
 from shared.prompts import PromptStore
 from shared.proxy.accounting import CostAccounting
@@ -112,10 +112,11 @@ class Services:
 def budget_alerts(
     settings: Settings, registry: CollectorRegistry, broker: RedisStreamsBroker | None
 ) -> BudgetAlerts:
-    """The ``on_alert`` hook: log line, counter, and a signed webhook event to each configured URL."""
-    urls = settings.outbound_webhook_urls
-    if broker is None or not urls:
+    """The ``on_alert`` hook: log line, counter, and a signed webhook event to each configured URL
+    (checked by the egress policy now: a refused one is a ConfigError at startup)."""
+    if broker is None or not settings.outbound_webhook_urls:
         return BudgetAlerts(registry)
+    urls = checked_endpoints(settings)
     return BudgetAlerts(registry, lambda kind, data: publish_event(broker, kind, data, urls=urls))
 
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from shared.errors import PermanentError
 from shared.sites import Site
-from shared.wordpress import PermissionRefused, WordPressError
+from shared.wordpress import AddressRefused, PermissionRefused, WordPressError
 
 from .errors import RetryLater
 
@@ -75,7 +75,8 @@ def publish_article(
     status: str,
     trace_id: str | None,
 ) -> Published:
-    """Upsert the job's post; PermanentError or RetryLater when WordPress says so."""
+    """Upsert the job's post; PermanentError or RetryLater when WordPress says so (PermanentError
+    too when the site's URL resolves to an address the egress policy refuses)."""
 
     def upsert(with_status: str) -> Any:
         return writer.upsert_post(
@@ -103,6 +104,8 @@ def publish_article(
         raise PermanentError("WordPress refused the site's credentials for any post status")
     except PermissionRefused as error:
         raise PermanentError(f"WordPress refused the site's credentials ({error.status})") from None
+    except AddressRefused as error:  # nothing was sent; only a new URL or an allow-list entry helps
+        raise PermanentError(f"the site's URL resolves to a refused address ({error.reason})") from None
     except WordPressError as error:
         if error.retryable:
             hint = error.retry_after_s

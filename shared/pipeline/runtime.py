@@ -19,6 +19,7 @@ from shared.aws import aws_client
 from shared.config import Settings
 from shared.cost.budget import BudgetGuard
 from shared.cost.ledger import CostLedger
+from shared.egress import EgressPolicy, guarded_client
 from shared.jobs import JobStore
 from shared.payloads import PayloadStore
 from shared.proxy.service import ProxyService
@@ -98,8 +99,9 @@ class PipelineRuntime:
             cached = self._sites.get(site)
             if cached is not None and cached[0] > now:
                 return cached[1]
-            if self._http is None:
-                self._http = httpx.Client(limits=httpx.Limits(max_connections=64))
+            if self._http is None:  # every site's connections checked by the egress policy
+                policy = EgressPolicy.from_settings(self.settings)
+                self._http = guarded_client(policy, limits=httpx.Limits(max_connections=64))
             http = self._http
         client = WordPressClient.for_site(site, self.settings, self.client, http=http)
         with self._lock:

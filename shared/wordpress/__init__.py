@@ -7,12 +7,13 @@ One concept per module: ``credentials`` (the secret), ``errors``, ``refs`` (Post
 
 from .client import WordPressClient
 from .credentials import CredentialsError, SiteCredentials, load_credentials, store_credentials
-from .errors import PermissionRefused, SiteUnavailable, WordPressError
+from .errors import AddressRefused, PermissionRefused, SiteUnavailable, WordPressError
 from .refs import REF_META, TRACE_META, PostRef
 
 __all__ = [
     "REF_META",
     "TRACE_META",
+    "AddressRefused",
     "CredentialsError",
     "PermissionRefused",
     "PostRef",

@@ -14,6 +14,12 @@ Application Password Basic auth, ``traceparent`` and ``X-Pressline-Trace-Id`` he
 exponential backoff, or after the site's ``Retry-After`` (a longer one than ``backoff_max_s`` is
 not waited out here: the call fails with :class:`SiteUnavailable` and the caller reschedules).
 401/403 are :class:`PermissionRefused`, never retried.
+
+Connections go through the egress guard (shared.egress) when the client is built by
+:meth:`WordPressClient.for_site`: a site URL that resolves to a loopback, private, link-local or
+other non-public address not in ``PRESSLINE_EGRESS_ALLOW`` is refused before anything is sent
+(:class:`AddressRefused`, never retried), on every connection, so DNS rebinding does not get
+through either; redirects are not followed.
 """
 
 from __future__ import annotations
@@ -32,13 +38,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
 from shared.config import RateLimit, Settings
+from shared.egress import EgressPolicy, EgressRefused, guarded_client
 from shared.ratelimit import RateLimiter
 from shared.telemetry.tracing import inject_context
 
 from .backoff import full_jitter, parse_retry_after
 from .breaker import SiteBreakers
 from .credentials import SiteCredentials, load_credentials
-from .errors import PermissionRefused, SiteUnavailable, WordPressError
+from .errors import AddressRefused, PermissionRefused, SiteUnavailable, WordPressError
 from .lock import RefLock, RefLocked
 from .metrics import BREAKER_STATES, metrics_for
 from .refs import REF_META, TRACE_META, PostRef
@@ -72,7 +79,8 @@ class WordPressClient:
     Parameters:
       site(str): Pressline's site id (breaker, rate limit, lock and metric label).
       creds(SiteCredentials)
-      http(httpx.Client): The connection pool (may be shared by many sites; not closed here).
+      http(httpx.Client): The connection pool (may be shared by many sites; not closed here);
+        for a tenant's site, a :func:`shared.egress.guarded_client`.
       redis(redis.Redis): Breaker, rate-limit and lock state (decode_responses=False).
       namespace(str): Redis key prefix.
       timeout_s(float): One request's timeout.
@@ -85,8 +93,10 @@ class WordPressClient:
       sleep: Waits (``time.sleep``; replaceable in tests).
       registry(CollectorRegistry | None): Where the metrics go (default: the global registry).
       rate_burst(int): Requests allowed at once before the rate applies.
-      lock_wait_s(float | None): How long to wait for another writer of the same reference
-        (default: the lock's expiry, which bounds one upsert).
+      lock_wait_s(float): How long to wait for another writer of the same reference before the
+        job is retried later (when the other's lease ends), freeing this worker thread.
+      lease_s(float): The reference lock's lease, renewed while its holder lives: how soon a
+        crashed holder's reference is free again.
       tracer(trace.Tracer | None): Where the spans go (default: the global tracer provider's).
     """
 
@@ -108,7 +118,8 @@ class WordPressClient:
         sleep: Callable[[float], None] = time.sleep,
         registry: CollectorRegistry | None = None,
         rate_burst: int = 10,
-        lock_wait_s: float | None = None,
+        lock_wait_s: float = 2.0,
+        lease_s: float = 10.0,
         tracer: trace.Tracer | None = None,
     ) -> None:
         if attempts < 1:
@@ -132,9 +143,8 @@ class WordPressClient:
         self._limiter = RateLimiter(redis, namespace, jitter=0.1)
         self._breakers = SiteBreakers(redis, namespace, breaker_fail_max, breaker_reset_s)
         self._locks = RefLock(redis, namespace, sleep=sleep)
-        # One upsert is at most `attempts` x (lookup + write), each a request and a backoff.
-        self.lock_ttl_s = attempts * 2 * (timeout_s + backoff_max_s) + 5.0
-        self.lock_wait_s = self.lock_ttl_s if lock_wait_s is None else lock_wait_s
+        self.lease_s = lease_s
+        self.lock_wait_s = lock_wait_s
         self._metrics = metrics_for(registry)
         self._tracer = tracer or _tracer
         self._metrics.breaker.labels(site).set_function(self._breaker_value)
@@ -156,7 +166,8 @@ class WordPressClient:
         """The client of a registered site: credentials from Secrets Manager, limits from settings.
 
         The secret is the site's ``credentials_secret`` (else ``PRESSLINE_WORDPRESS_CREDENTIALS_PATTERN``);
-        the site's registered ``base_url``, when set, wins over the one in the secret.
+        the site's registered ``base_url``, when set, wins over the one in the secret. Without
+        ``http``, connections are checked by the settings' egress policy (``PRESSLINE_EGRESS_ALLOW``).
         """
         from shared.aws import aws_client
         from shared.sites import SiteRegistry
@@ -172,7 +183,7 @@ class WordPressClient:
         return cls(
             site,
             creds,
-            http=http if http is not None else httpx.Client(),
+            http=http if http is not None else guarded_client(EgressPolicy.from_settings(settings)),
             redis=redis,
             namespace=settings.namespace,
             timeout_s=settings.wordpress_timeout_s,
@@ -211,11 +222,11 @@ class WordPressClient:
             post_meta[TRACE_META] = tid
         body = {"title": title, "content": content_html, "status": status, "meta": post_meta}
         try:
-            with self._locks.hold(self.site, external_ref, ttl_s=self.lock_ttl_s, wait_s=self.lock_wait_s):
+            with self._locks.hold(self.site, external_ref, lease_s=self.lease_s, wait_s=self.lock_wait_s):
                 return self._upsert_locked(external_ref, body, tid)
         except RefLocked as error:
             raise SiteUnavailable(
-                f"post reference busy on site {self.site}", kind="ref_busy", retry_after_s=1.0
+                f"post reference busy on site {self.site}", kind="ref_busy", retry_after_s=error.retry_after_s
             ) from error
 
     def find_by_ref(self, external_ref: str) -> PostRef | None:
@@ -404,6 +415,17 @@ class WordPressClient:
                     auth=self._auth,
                     timeout=self.timeout_s,
                 )
+            except EgressRefused as error:  # checked on connecting: nothing was sent
+                self._metrics.requests.labels(self.site, method, "address_refused").inc()
+                span.set_status(Status(StatusCode.ERROR, "address_refused"))
+                log.warning(
+                    "wordpress request refused: the site's URL resolves to a refused address",
+                    extra={"site": self.site, "host": error.host, "reason": error.reason},
+                )
+                raise AddressRefused(
+                    f"site {self.site}: the site's URL resolves to a refused address ({error.reason})",
+                    reason=error.reason,
+                ) from None
             except httpx.TimeoutException as error:
                 # A connect or pool timeout never sent the request; any other may have been processed.
                 sent = not isinstance(error, httpx.ConnectTimeout | httpx.PoolTimeout)

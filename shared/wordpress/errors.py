@@ -8,7 +8,7 @@ never contain a credential, an auth header or a response body.
 
 from __future__ import annotations
 
-__all__ = ["PermissionRefused", "SiteUnavailable", "WordPressError"]
+__all__ = ["AddressRefused", "PermissionRefused", "SiteUnavailable", "WordPressError"]
 
 
 class WordPressError(Exception):
@@ -56,3 +56,15 @@ class SiteUnavailable(WordPressError):
 
     def __init__(self, message: str, *, kind: str, retry_after_s: float, status: int | None = None) -> None:
         super().__init__(message, kind=kind, status=status, retryable=True, retry_after_s=retry_after_s)
+
+
+class AddressRefused(WordPressError):
+    """The site's URL resolves to an address the egress policy refuses (loopback, private,
+    link-local, ...; see shared.egress): nothing was sent, credentials included.
+
+    Never retryable: the URL must change, or ``PRESSLINE_EGRESS_ALLOW`` must name the address.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message, kind="address_refused", retryable=False)
+        self.reason = reason

@@ -18,6 +18,7 @@ import pytest
 
 from infra import wordpress as wp
 from infra.redis_server import free_port
+from shared.egress import AllowRule
 from shared.wordpress import SiteCredentials
 
 
@@ -38,6 +39,12 @@ class WordPressFixture:
     @property
     def base_url(self) -> str:
         return self.site.base_url
+
+    @property
+    def egress_allow(self) -> tuple[AllowRule, ...]:
+        """What ``PRESSLINE_EGRESS_ALLOW`` must name for Pressline to reach this WordPress: it
+        listens on loopback, which the egress policy refuses by default. Only its address and port."""
+        return (AllowRule.parse(f"127.0.0.1:{self.config.port}"),)
 
     @property
     def admin(self) -> SiteCredentials:
@@ -93,7 +100,7 @@ class WordPressFixture:
         as ``make run`` sets it up; the webhooks are off again afterwards."""
         site = f"wp-hook-{uuid.uuid4().hex[:6]}"
         wp.register_site(
-            settings,
+            replace(settings, egress_allow=(*settings.egress_allow, *self.egress_allow)),
             client,
             site=site,
             tenant=tenant,
