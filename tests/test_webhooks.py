@@ -11,6 +11,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -267,7 +268,6 @@ def prefix() -> str:
 
 
 def provider(sm: BaseClient, prefix: str, **options: Any) -> WebhookSecrets:
-    options.setdefault("default_name", f"{prefix}/default")
     return WebhookSecrets(sm, name_pattern=f"{prefix}/sites/{{site}}/webhook", **options)
 
 
@@ -344,22 +344,25 @@ def test_concurrent_cold_lookups_fetch_once(sm: BaseClient, prefix: str) -> None
     assert len(calls) == 2
 
 
-def test_site_without_its_own_secret_uses_the_default(sm: BaseClient, prefix: str) -> None:
+def test_a_shared_secret_applies_only_when_given_and_never_over_a_sites_own(
+    sm: BaseClient, prefix: str
+) -> None:
     default = new_secret()
     sm.create_secret(Name=f"{prefix}/default", SecretString=default)
     own = new_secret()
     sm.create_secret(Name=f"{prefix}/sites/shop/webhook", SecretString=own)
-    secrets = provider(sm, prefix)
 
-    assert secrets.for_site("blog") == (default,)
-    assert secrets.for_site("shop") == (own,)  # a site's own secret replaces the default
+    assert provider(sm, prefix).for_site("blog") == ()  # no shared secret unless one is given
+    shared = provider(sm, prefix, default_name=f"{prefix}/default")
+    assert shared.for_site("blog") == (default,)
+    assert shared.for_site("shop") == (own,)  # a site's own secret replaces the shared one
     override = new_secret()
     assert provider(sm, prefix, override=override).for_site("blog") == (override,)
     assert provider(sm, prefix, override=override).for_site("shop") == (own,)
 
 
 def test_no_secret_anywhere_and_bad_site_names(sm: BaseClient, prefix: str) -> None:
-    secrets = provider(sm, prefix)
+    secrets = provider(sm, prefix, default_name=f"{prefix}/default")
     assert secrets.for_site("blog") == ()
     with pytest.raises(WebhookVerificationError, match="no_secret"):
         verify(secrets.for_site("blog"), signed(new_secret()), b'{"event":"post.updated"}', now=TS)
@@ -375,16 +378,21 @@ def test_from_settings(sm: BaseClient, prefix: str) -> None:
         webhook_site_secret_pattern=f"{prefix}/s/{{site}}",
         webhook_secret_name=f"{prefix}/global",
         webhook_secret_cache_ttl_s=5,
+        webhook_rotation_grace_s=7,
     )
     secrets = WebhookSecrets.from_settings(settings, sm)
     assert secrets.name_pattern == f"{prefix}/s/{{site}}"
-    assert (secrets.default_name, secrets.ttl_s) == (f"{prefix}/global", 5)
+    assert (secrets.ttl_s, secrets.default_grace_s) == (5, 7)
+    assert secrets.default_name is None  # the shared secret: only in the development mode
     value = new_secret()
     sm.create_secret(Name=f"{prefix}/s/blog", SecretString=value)
     assert secrets.for_site("blog") == (value,)
     assert value not in repr(secrets)
     overridden = WebhookSecrets.from_settings(Settings(hmac_webhook_secret=value), sm)
     assert value not in repr(overridden)
+    assert overridden.for_site("shop") == ()  # HMAC_WEBHOOK_SECRET alone changes nothing
+    dev = WebhookSecrets.from_settings(replace(settings, webhook_shared_secret_dev=True), sm)
+    assert dev.default_name == f"{prefix}/global"
 
 
 def test_outage_keeps_the_cached_value_and_fails_clearly_without_one(
@@ -417,6 +425,13 @@ def test_settings() -> None:
     settings = Settings.from_env({})
     assert settings.webhook_site_secret_pattern == "pressline/sites/{site}/webhook"
     assert (settings.webhook_secret_cache_ttl_s, settings.webhook_tolerance_s) == (60.0, 300)
+    assert (settings.webhook_shared_secret_dev, settings.webhook_rotation_grace_s) == (False, 86400)
+    dev = Settings.from_env(
+        {"PRESSLINE_WEBHOOK_SHARED_SECRET_DEV": "1", "PRESSLINE_WEBHOOK_ROTATION_GRACE_S": "60"}
+    )
+    assert (dev.webhook_shared_secret_dev, dev.webhook_rotation_grace_s) == (True, 60)
+    with pytest.raises(ConfigError, match="SHARED_SECRET_DEV"):
+        Settings.from_env({"PRESSLINE_WEBHOOK_SHARED_SECRET_DEV": "maybe"})
     custom = Settings.from_env(
         {"PRESSLINE_WEBHOOK_SITE_SECRET_PATTERN": "wp/{site}", "PRESSLINE_WEBHOOK_TOLERANCE_S": "120"}
     )

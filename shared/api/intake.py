@@ -1,13 +1,23 @@
 """POST /v1/webhooks/wordpress/{site}: a signed WordPress event becomes a job, once.
 
-Order matters: the signature is checked over the raw body before anything is parsed or stored;
-then the event id is claimed (a replay is refused); only then is the job enqueued, with an id
-derived from the site and event id, so the same event can never make two jobs.
+Order matters: the headers (presence, timestamp format and age) are checked before the site is
+looked up, and the site in the registry (one Redis HGET) before its secret in Secrets Manager, so a
+request that cannot verify, or names a site nobody registered, costs no Secrets Manager call. The
+signature is checked over the raw body before anything is parsed or stored; then the event id is
+claimed (a replay is refused); only then is the job enqueued, with an id derived from the site and
+event id, so the same event can never make two jobs.
+
+An unknown site, a registered site without a secret of its own and a wrong signature all get the
+same answer (401 ``invalid_signature``, reason ``bad_signature``), so the route does not tell which
+sites exist; the operator sees the difference in the logs and in
+``pressline_webhook_verification_failures_total`` by reason.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,24 +26,32 @@ import dramatiq
 from pydantic import ValidationError
 
 from shared.jobs import JobStore
-from shared.sites import SITE_ID, SiteRegistry
+from shared.sites import Site, SiteRegistry
 from shared.telemetry.webhook_metrics import webhook_metrics
 from shared.webhooks import (
     ReplayGuard,
     SecretsUnavailableError,
     WebhookSecrets,
     WebhookVerificationError,
+    check_headers,
+    new_secret,
     verify,
 )
 from shared.workflow import submit_workflow
 
 from .errors import ApiError
 from .guard import Guard
+from .json_reader import read_json
 from .models import JobInput, WebhookAccepted, WebhookEvent
 from .responses import ApiResponse
 
+log = logging.getLogger(__name__)
+
 #: The events that start a job; anything else is acknowledged and ignored.
 GENERATE = "post.generate_requested"
+
+#: Verified against when a site has no secret, so that answer takes the time a wrong signature does.
+_NO_SECRET = (new_secret(),)
 
 
 class WebhookIntake:
@@ -73,6 +91,8 @@ class WebhookIntake:
         self.tolerance_s = tolerance_s
         self.max_body_bytes = max_body_bytes
         self.clock = clock
+        self._warned: set[str] = set()  # registered sites without a secret, logged once each
+        self._warned_lock = threading.Lock()
 
     def receive(self, site_id: str, headers: Mapping[str, str], body: bytes | None) -> ApiResponse:
         """Counted by outcome (``pressline_webhooks_received_total``) whatever the answer."""
@@ -88,14 +108,13 @@ class WebhookIntake:
         raw = body or b""
         if len(raw) > self.max_body_bytes:
             raise ApiError(413, "payload_too_large", f"the body is larger than {self.max_body_bytes} bytes")
-        if not SITE_ID.match(site_id):
-            raise ApiError(404, "unknown_site", "there is no such site")
-        self._verify(site_id, headers, raw)
-        site = self.sites.get(site_id)
-        if site is None:
-            raise ApiError(404, "unknown_site", "there is no such site")
+        now = self.clock()
+        try:
+            msg_id, _, _ = check_headers(headers, now=now, tolerance_s=self.tolerance_s)
+        except WebhookVerificationError as e:
+            raise _refused(e.reason, e.reason) from None
+        site = self._verify(site_id, headers, raw, now)
         self.guard.within_rate(site.tenant)
-        msg_id = _header(headers, "webhook-id")
         if not self.replay.first_seen(msg_id, scope=site_id):
             raise ApiError(409, "replayed_webhook", "this webhook id was already received")
         try:
@@ -106,27 +125,50 @@ class WebhookIntake:
             self.replay.forget(msg_id, scope=site_id)  # nothing was enqueued: let the sender retry
             raise
 
-    def _verify(self, site_id: str, headers: Mapping[str, str], raw: bytes) -> None:
+    def _verify(self, site_id: str, headers: Mapping[str, str], raw: bytes, now: float) -> Site:
+        """The site, when it is registered and signed the request; else the one refusal for all cases.
+
+        Only a registered site's secret is looked up: a flood of made-up site names costs one Redis
+        HGET each and never a Secrets Manager call (nor a cache slot a real site would lose).
+        """
+        site = self.sites.get(site_id)  # None for an unknown site, and for a malformed id
+        secrets: tuple[str, ...] = ()
+        if site is not None:
+            try:
+                secrets = self.secrets.for_site(site_id)
+            except SecretsUnavailableError:
+                raise ApiError(503, "unavailable", "webhook secrets are unavailable; retry later") from None
+            if not secrets:
+                self._warn_no_secret(site_id)
         try:
-            secrets = self.secrets.for_site(site_id)
-        except SecretsUnavailableError:
-            raise ApiError(503, "unavailable", "webhook secrets are unavailable; retry later") from None
-        try:
-            verify(secrets, headers, raw, now=self.clock(), tolerance_s=self.tolerance_s)
+            # Without a secret, a throwaway one: the same HMAC work, and it never matches.
+            verify(secrets or _NO_SECRET, headers, raw, now=now, tolerance_s=self.tolerance_s)
         except WebhookVerificationError as e:
-            webhook_metrics().verification_failures.labels(e.reason).inc()
-            raise ApiError(
-                401,
-                "invalid_signature",
-                "the webhook signature did not verify",
-                details=[{"reason": e.reason}],
-            ) from None
+            raise _refused(e.reason if secrets else _missing(site), "bad_signature") from None
+        if site is None or not secrets:
+            raise _refused(_missing(site), "bad_signature")
+        return site
+
+    def _warn_no_secret(self, site_id: str) -> None:
+        """Tell the operator (once per site and process) why a registered site's webhooks fail."""
+        with self._warned_lock:
+            if site_id in self._warned:
+                return
+            self._warned.add(site_id)
+        log.error(
+            "site %s is registered but has no webhook secret of its own (%s): its webhooks are refused; "
+            "create one with: python -m shared.sites rotate-secret --site %s",
+            site_id,
+            self.secrets.site_secret_name(site_id),
+            site_id,
+        )
 
     def _enqueue(
         self, site_id: str, tenant: str, site_publishes: bool, msg_id: str, raw: bytes
     ) -> ApiResponse:
+        data = read_json(raw, None, max_bytes=self.max_body_bytes)  # bad JSON: 400, as on every route
         try:
-            event = WebhookEvent.model_validate_json(raw)
+            event = WebhookEvent.model_validate(data)
         except ValidationError:
             raise ApiError(422, "invalid_event", "the webhook body is not a WordPress event") from None
         if event.type != GENERATE:
@@ -152,8 +194,13 @@ class WebhookIntake:
         )
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return ""
+def _missing(site: Site | None) -> str:
+    return "no_secret" if site is not None else "unknown_site"
+
+
+def _refused(reason: str, shown: str) -> ApiError:
+    """The 401 answered; ``reason`` is counted, ``shown`` (never telling whether a site exists) answered."""
+    webhook_metrics().verification_failures.labels(reason).inc()
+    return ApiError(
+        401, "invalid_signature", "the webhook signature did not verify", details=[{"reason": shown}]
+    )

@@ -7,7 +7,7 @@ Put it in front of a real server (the local WordPress) and script what goes wron
 * :meth:`FaultProxy.delay` forwards a matching request, so its effect happens upstream, then holds
   the answer back for ``seconds``, past the client's timeout.
 
-Every request is recorded (method, path, headers, the status it got, the response headers).
+Every request is recorded (method, path, headers, body, the status it got, the response headers).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class Seen:
     status: int = 0
     response_headers: dict[str, str] = field(default_factory=dict)
     faulted: str | None = None
+    body: bytes = b""
 
 
 class FaultProxy:
@@ -171,7 +172,7 @@ class FaultProxy:
         method, path = handler.command, handler.path
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
-        seen = Seen(method, path, {k.lower(): v for k, v in handler.headers.items()})
+        seen = Seen(method, path, {k.lower(): v for k, v in handler.headers.items()}, body=body)
         with self._lock:
             self.seen.append(seen)
         rule = self._take(method, path)
