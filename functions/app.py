@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from functools import cache
 from typing import Any, cast
@@ -295,6 +296,17 @@ def _openapi_document() -> str:
 @app.middleware("http")
 def envelope(event: Request, get_response: Callable[[Request], Response]) -> Response:
     """Trace, error shape and trace id for every request."""
+    try:
+        return _enveloped(event, get_response)
+    except Exception:  # outside the route (building the services, tracing): still the one shape
+        log.exception("a request failed outside its route")
+        trace_id = uuid.uuid4().hex
+        response = _error_response(500, "internal_error", "an internal error occurred", trace_id)
+        response.headers["X-Trace-Id"] = trace_id
+        return response
+
+
+def _enveloped(event: Request, get_response: Callable[[Request], Response]) -> Response:
     services()
     tracer = trace.get_tracer("pressline.functions")
     route = event.context.get("resourcePath", event.path)

@@ -1028,7 +1028,10 @@ class FakeProvider:
             )
             return await fail(status, retry_after=retry_after)
 
-        plan = make_plan(provider, body, knobs, model, self.seq)
+        try:
+            plan = make_plan(provider, body, knobs, model, self.seq)
+        except (TypeError, AttributeError, ValueError):  # a body a real provider would refuse: so do we
+            return await fail(400, "the request body has fields of the wrong type")
         record.update(
             prompt_tokens=plan.prompt_tokens, completion_tokens=plan.completion_tokens, chunks_sent=0
         )

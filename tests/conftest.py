@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from infra.redis_server import free_port, start_redis, stop_process
 from localstack.endpoint import Endpoint, ensure_endpoint
 from tests.support.wordpress import wordpress  # noqa: F401 - the session's local WordPress
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property-based tests (tests/test_fuzz.py): no deadline (a loaded machine must not fail them); in CI
+# the same examples every run (derandomized, nothing stored), locally new ones kept in .hypothesis/.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=60)
+hypothesis_settings.register_profile("dev", deadline=None, max_examples=60)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
 
 @pytest.fixture(scope="session")

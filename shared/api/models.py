@@ -11,6 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 SiteId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 Text = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
+#: Metadata travels with every stage's message and into the job record: keys and values are
+#: bounded in length, and their number by ``JobRequest.metadata``.
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=256)]
 
 
 class Strict(BaseModel):
@@ -32,8 +36,8 @@ class JobRequest(Strict):
     site: SiteId | None = None
     input: JobInput
     publish: bool = False
-    metadata: dict[str, Annotated[str, StringConstraints(max_length=256)]] = Field(
-        default_factory=dict, max_length=20
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=20, description="Up to 20 keys of 1-64 characters, values up to 256"
     )
 
 

@@ -6,7 +6,6 @@ or rolling back purges the prompt's cached answers at once, see shared.prompts.s
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +16,7 @@ from shared.prompts.store import MAX_NOTE_CHARS, MAX_TEXT_CHARS
 
 from .errors import ApiError
 from .guard import Guard
+from .json_reader import read_json
 from .responses import ApiResponse
 
 MAX_BODY_BYTES = 128 * 1024
@@ -165,15 +165,7 @@ class PromptsApi:
 
 
 def _body(content_type: str | None, body: bytes | None, required: tuple[str, ...]) -> dict[str, Any]:
-    raw = body or b""
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes")
-    if (content_type or "application/json").split(";", 1)[0].strip().lower() != "application/json":
-        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    data = read_json(body, content_type, max_bytes=MAX_BODY_BYTES)
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_body", "the body must be a JSON object")
     allowed = {"name", "text", "note", "version"}

@@ -44,6 +44,7 @@ from .breakers import Breakers
 from .keys import ProviderKeyError, ProviderKeys
 from .metrics import ProxyMetrics
 from .providers.base import Provider, Wire
+from .request_shape import check_fields
 from .routing import Router, RoutingError, Target
 from .sse import SSEEvent, encode_comment, encode_event
 from .upstream import KEEPALIVE, UpstreamError, UpstreamStream, call, event_json
@@ -329,6 +330,7 @@ class ProxyService:
                 "max_tokens is required",
                 details=[{"field": "max_tokens", "problem": "missing"}],
             )
+        check_fields(value)  # the fields the proxy computes with, typed before anything reads them
         return value
 
     def _dispatch(
@@ -536,10 +538,15 @@ class ProxyService:
             # The budget reserved for at most this many output tokens, so the provider must stop there.
             body["max_tokens"] = self.default_max_tokens
         if request.wire != wire:
-            if request.wire == "openai":
-                body = translate.openai_to_anthropic_request(body, default_max_tokens=self.default_max_tokens)
-            else:
-                body = translate.anthropic_to_openai_request(body)
+            try:
+                if request.wire == "openai":
+                    max_tokens = self.default_max_tokens
+                    body = translate.openai_to_anthropic_request(body, default_max_tokens=max_tokens)
+                else:
+                    body = translate.anthropic_to_openai_request(body)
+            except translate.TranslationError as e:  # the client's body, not ours: a 400 that says why
+                details = [{"field": e.param, "problem": e.message}] if e.param else None
+                raise ApiError(400, "invalid_request", e.message, details=details) from None
         body["model"] = model
         return body
 

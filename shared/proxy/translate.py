@@ -58,6 +58,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
+from shared.api.json_reader import loads as bounded_loads
+
 from .sse import encode_event
 
 __all__ = [
@@ -286,7 +288,7 @@ def _arguments_to_input(arguments: Any) -> JSON:
     if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
         return {}
     try:
-        value = json.loads(arguments)
+        value = bounded_loads(arguments)  # the client's own JSON, inside its body: bounded the same way
     except (TypeError, ValueError):
         return {RAW_ARGUMENTS_KEY: arguments}
     return value if isinstance(value, dict) else {RAW_ARGUMENTS_KEY: arguments}
