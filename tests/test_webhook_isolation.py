@@ -329,6 +329,21 @@ def test_unknown_and_known_sites_get_byte_identical_refusals(
 # -- (e) what a refusal costs -------------------------------------------------------------------------------
 
 
+def test_unreadable_secrets_answer_a_retryable_503_not_a_final_401(
+    api: str, sites_cli: Cli, moto_proxy: FaultProxy
+) -> None:
+    """Issue 15, point 6: Secrets Manager failing is the service's fault, and the sender is told to
+    retry (a 401 would make it give up); once it answers again, the same webhook gets in."""
+    site = unique("sm-down")
+    secret = register(sites_cli, site, unique("tenant"))
+    headers = signed(secret)
+    with moto_proxy.failing(status=500, retry_after=None):
+        down = post(api, site, headers)
+    assert down.status_code == 503 and down.json()["error"]["code"] == "unavailable"
+    assert down.headers["retry-after"] == "5" and "whsec_" not in down.text
+    assert post(api, site, headers).status_code == 202  # the retry: not refused as a replay
+
+
 def test_bad_headers_and_unknown_sites_cost_no_secrets_manager_call(
     api: str, sites_cli: Cli, moto_proxy: FaultProxy
 ) -> None:

@@ -47,6 +47,9 @@ from .responses import ApiResponse
 
 log = logging.getLogger(__name__)
 
+#: What a sender is told to wait when Secrets Manager cannot be read (its retry then gets in).
+SECRETS_RETRY_AFTER_S = 5
+
 #: The events that start a job; anything else is acknowledged and ignored.
 GENERATE = "post.generate_requested"
 
@@ -137,7 +140,13 @@ class WebhookIntake:
             try:
                 secrets = self.secrets.for_site(site_id)
             except SecretsUnavailableError:
-                raise ApiError(503, "unavailable", "webhook secrets are unavailable; retry later") from None
+                # A sender treats 401 as final: this is ours to fix, so it must come back later.
+                raise ApiError(
+                    503,
+                    "unavailable",
+                    "webhook secrets are unavailable; retry later",
+                    headers={"Retry-After": str(SECRETS_RETRY_AFTER_S)},
+                ) from None
             if not secrets:
                 self._warn_no_secret(site_id)
         try:
