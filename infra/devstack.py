@@ -334,7 +334,8 @@ def _taken_port_error(port: int, what: str) -> StackError:
 
 
 def start_owned_redis(settings: Settings, redis_dir: Path, say: Callable[[str], None]) -> Child:
-    """A durable Redis on ``settings.local_redis_port`` (AOF everysec, noeviction), in ``redis_dir``."""
+    """A durable Redis on ``settings.local_redis_port`` (AOF, fsync ``settings.local_redis_fsync``,
+    noeviction), in ``redis_dir``."""
     port = settings.local_redis_port
     if _listening(port):
         client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0, decode_responses=True)
@@ -355,8 +356,8 @@ def start_owned_redis(settings: Settings, redis_dir: Path, say: Callable[[str], 
             if time.monotonic() > deadline:
                 raise StackError(f"the leftover Redis on port {port} did not shut down")
             time.sleep(0.05)
-    process = start_redis(port, redis_dir, durable=True)
-    return Child("redis", process, STOP_GRACE_S, restart=lambda: start_redis(port, redis_dir, durable=True))
+    start = functools.partial(start_redis, port, redis_dir, durable=True, fsync=settings.local_redis_fsync)
+    return Child("redis", start(), STOP_GRACE_S, restart=start)
 
 
 def _parent_cmdline(pid: int) -> str:
@@ -481,7 +482,9 @@ def ready_report(
     rows: list[tuple[str, str, str]] = []
     broker = redact(settings.broker_url)
     if redis_child is not None:
-        rows.append(("redis", broker, f"pid {redis_child.pid}; ours, AOF everysec, noeviction"))
+        rows.append(
+            ("redis", broker, f"pid {redis_child.pid}; ours, AOF {settings.local_redis_fsync}, noeviction")
+        )
     else:
         rows.append(("redis", broker, "external (DRAMATIQ_BROKER_URL); not started by us"))
     aws_owner = f"pid {endpoint.process.pid}; ours" if endpoint.process else "already running; not ours"

@@ -90,6 +90,13 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
 def _route_floats(env: Mapping[str, str], name: str) -> dict[str, float]:
     """``alias=value,alias=value`` (per-route TTLs and thresholds)."""
     result: dict[str, float] = {}
@@ -244,6 +251,9 @@ class Settings:
     #: True when ``DRAMATIQ_BROKER_URL`` was set: the local stack then uses that Redis and starts none.
     broker_is_external: bool = False
     local_redis_port: int = DEFAULT_LOCAL_REDIS_PORT
+    #: The stack's Redis AOF fsync policy: ``always`` (a write is on disk before Redis answers, so a
+    #: kill -9 of Redis loses nothing a worker acted on), ``everysec`` (up to a second lost) or ``no``.
+    local_redis_fsync: str = "always"
     #: Where the local stack keeps its files (Redis AOF, Prometheus DBs); relative to the project root.
     data_dir: str = ".data"
     namespace: str = "pressline"
@@ -414,6 +424,9 @@ class Settings:
             broker_url=external_broker_url or f"redis://127.0.0.1:{local_redis_port}/0",
             broker_is_external=external_broker_url is not None,
             local_redis_port=local_redis_port,
+            local_redis_fsync=_choice(
+                env, "PRESSLINE_LOCAL_REDIS_FSYNC", ("always", "everysec", "no"), default.local_redis_fsync
+            ),
             data_dir=env.get("PRESSLINE_DATA_DIR") or default.data_dir,
             namespace=env.get("PRESSLINE_NAMESPACE") or default.namespace,
             redis_max_connections=_int(env, "PRESSLINE_REDIS_MAX_CONNECTIONS", default.redis_max_connections),
