@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dramatiq
 import pytest
@@ -101,3 +102,43 @@ def test_redis_killed_three_times_mid_run_strands_no_message(killable: KillableR
         broker.close()
     assert done == set(range(total))
     assert broker.admin.stats(work.queue_name).dead == 0
+
+
+class _NextStageFailsOnce(dramatiq.Middleware):
+    """Stands for Pipelines (or Retries, or the job record) failing to write after the actor ran:
+    the first time, its after-hook raises as it would with Redis unreachable."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def after_process_message(self, broker: dramatiq.Broker, message: Any, **kwargs: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise redis.ConnectionError("Connection refused")
+
+
+def test_a_message_whose_after_processing_failed_runs_again_instead_of_being_acked(redis_url: str) -> None:
+    """The burn-in's lost jobs: Redis died while a finished message's next stage (or retry) was
+    being written; Dramatiq logs the hook's failure and acks, and the job stops with no message
+    anywhere. The broker gives such a message back to the stream instead."""
+    broker = RedisStreamsBroker(url=redis_url, namespace="redeliver", dead_after_ms=60_000, block_ms=200)
+    hook = _NextStageFailsOnce()
+    broker.add_middleware(hook)
+    runs: list[int] = []
+
+    @dramatiq.actor(broker=broker)
+    def step() -> None:
+        runs.append(1)
+
+    worker = Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        step.send()
+        wait_for(lambda: len(runs) >= 2 and broker.admin.stats(step.queue_name).pending == 0, 30, "a rerun")
+        broker.join(step.queue_name, timeout=10_000)
+    finally:
+        worker.stop(timeout=5000)
+        broker.close()
+    assert hook.failed and len(runs) == 2  # the run whose hook failed, and the redelivery
+    stats = broker.admin.stats(step.queue_name)
+    assert (stats.backlog, stats.pending, stats.dead) == (0, 0, 0)

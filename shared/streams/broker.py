@@ -19,13 +19,13 @@ import dramatiq
 import redis
 from dramatiq.common import current_millis
 from dramatiq.encoder import Encoder
-from dramatiq.errors import QueueJoinTimeout
+from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
 from . import scripts
 from .admin import QueueAdmin
-from .consumer import ProcessHold, StreamConsumer
+from .consumer import REDELIVER, ProcessHold, StreamConsumer
 from .keys import GROUP, QueueKeys, notify_channel
 from .maintenance import Maintenance
 
@@ -125,6 +125,23 @@ class RedisStreamsBroker(dramatiq.Broker):
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        """As Dramatiq's (a failing hook is logged and the others still run), except that a message
+        whose after-processing failed — its retry, its next stage or its job record could not be
+        written because Redis was unreachable — is marked for redelivery: the consumer
+        then gives it back to the stream instead of acking it, so its work is done again rather
+        than its job left unfinished with no message anywhere."""
+        for middleware in reversed(self.middleware):
+            try:
+                getattr(middleware, f"after_{signal}")(self, *args, **kwargs)
+            except Exception as error:
+                self.logger.critical(
+                    "Unexpected failure in after_%s of %r.", signal, middleware, exc_info=True
+                )
+                unwritten = isinstance(error, redis.ConnectionError | redis.TimeoutError | ConnectionClosed)
+                if unwritten and signal in ("process_message", "skip_message") and args:
+                    setattr(args[0], REDELIVER, True)
 
     def get_declared_queues(self) -> set[str]:
         return self.queues.copy()

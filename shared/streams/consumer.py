@@ -35,6 +35,15 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 #: How many of its own pending entries a consumer reads per command when it resyncs.
 RESYNC_BATCH = 500
 
+#: Set on a message whose after-processing failed (see RedisStreamsBroker.emit_after).
+REDELIVER = "pressline_redeliver"
+
+
+def must_redeliver(message: MessageProxy) -> bool:
+    """Was part of this message's after-processing (its retry, its next stage, its job record)
+    not written? Then it is given back to the stream rather than acked."""
+    return bool(getattr(message, REDELIVER, False))
+
 
 class ProcessHold:
     """What one process holds of one queue, across the consumers Dramatiq builds for it.
@@ -229,6 +238,11 @@ class StreamConsumer(Consumer):
         return StreamMessageProxy(message, entry_id, int(fields.get(b"r", 0)))
 
     def ack(self, message: MessageProxy) -> None:
+        if must_redeliver(message):
+            # Its work is not all recorded: run it again rather than lose what it should have led to.
+            # Without Redis this raises ConnectionClosed, and Dramatiq tries again until it is back.
+            self.requeue([message])
+            return
         entry_id = _entry_id(message)
         batch: list[bytes] | None = None
         self._process.in_flight.discard(entry_id)

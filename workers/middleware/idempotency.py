@@ -9,6 +9,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
 from shared.idempotency import IdempotencyStore
+from shared.streams.consumer import must_redeliver
 
 OPTION = "idempotency_key"
 
@@ -44,5 +45,5 @@ class Idempotency(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         key = message.options.get(OPTION)
-        if key and exception is None:
+        if key and exception is None and not must_redeliver(message):  # a redelivery must run
             self.store.mark_done(key)
