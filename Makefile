@@ -85,6 +85,14 @@ bench-cache: deps
 bench-wakeup: deps
 	$(BIN)/python -m bench.wakeup_cost
 
+# Burn-in (issue 15, point 5): the stack with its WordPress under open-loop load while a fault schedule
+# kills, freezes and starves its parts, then an account of every accepted job (exit 1 on a missed
+# target). 30 minutes by default; e.g. make burn-in ARGS="--short" or ARGS="--minutes 30 --rate 2.5".
+ARGS ?=
+.PHONY: burn-in
+burn-in: deps
+	$(BIN)/python -m bench.burn_in $(ARGS)
+
 # One article from an API request to a post in the local WordPress, offline (uses `make run`'s
 # stack when it runs, else starts its own); prints the post's URL, id, trace id and cost.
 demo: deps
