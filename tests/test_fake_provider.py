@@ -314,12 +314,11 @@ def test_slow_headers_and_a_connection_dropped_before_any_response(fake: str) ->
 
 
 def test_stall_then_resume(fake: str) -> None:
-    # The stall sits between chunks 1 and 2: chunk 2 cannot arrive before stall_ms has passed, and
-    # chunks 0 and 1 arrive before it could (a read of already-sent bytes, against a 1.5 s margin).
-    # No gap between two arrivals is asserted: a late read of chunk 1 would shrink it.
+    # The stall sits before chunk 2: it cannot arrive before stall_ms has passed; the stream then
+    # resumes. Only lower bounds and order: a late read (load) can only add to an arrival time.
     _, arrivals = _content_arrivals(fake, "chunks=4;stall_after=2;stall_ms=1500")
     assert len(arrivals) == 4
-    assert arrivals[1] < 1.5 <= arrivals[2] <= arrivals[3]
+    assert arrivals == sorted(arrivals) and arrivals[2] >= 1.5
 
 
 def test_fifty_concurrent_streams(fake: str) -> None:
