@@ -10,6 +10,7 @@ markers of the outcome events already sent.  One hash, so a read is one ``HGETAL
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Sequence
@@ -30,6 +31,21 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
+#: Claim a job's submission.  KEYS: record.  ARGV: ttl_s, now ms, lease deadline ms, field, value...
+#: A record being submitted carries ``submit_lease_ms`` until its first message is enqueued.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'submit_lease_ms', ARGV[3], unpack(ARGV, 4))
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  return 'created'
+end
+local lease = redis.call('HGET', KEYS[1], 'submit_lease_ms')
+if not lease then return 'enqueued' end
+if tonumber(lease) > tonumber(ARGV[2]) then return 'in_progress' end
+redis.call('HSET', KEYS[1], 'submit_lease_ms', ARGV[3])
+return 'resumed'
+"""
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -41,6 +57,20 @@ class JobState(StrEnum):
 
 #: The states in which a job may still be charged for work done on its behalf.
 CHARGEABLE: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.RETRYING})
+
+
+class Submission(StrEnum):
+    """What a submitter of a job id must do (:meth:`JobStore.claim_submission`)."""
+
+    #: A new record: enqueue the job's first message, then :meth:`JobStore.mark_enqueued`.
+    CREATED = "created"
+    #: A submitter died between creating the record and confirming its enqueue: enqueue it again
+    #: (the message may then run twice; the stages' effects are idempotent).
+    RESUMED = "resumed"
+    #: Submitted before: nothing to do.
+    ENQUEUED = "enqueued"
+    #: Another submitter holds the lease now: answer "retry later".
+    IN_PROGRESS = "in_progress"
 
 
 class StageState(StrEnum):
@@ -101,6 +131,16 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+def derived_job_id(prefix: str, *parts: str) -> str:
+    """A job id that the same request always maps to, so its retries find the job it created."""
+    digest = hashlib.sha256()
+    for part in parts:
+        encoded = part.encode()
+        digest.update(len(encoded).to_bytes(8, "big"))  # length-prefixed: no two splits hash alike
+        digest.update(encoded)
+    return prefix + digest.hexdigest()[:30]
+
+
 def valid_job_id(job_id: str) -> bool:
     return bool(_JOB_ID.match(job_id))
 
@@ -119,6 +159,7 @@ class JobStore:
         self.namespace = namespace
         self.ttl_s = ttl_s
         self._create = client.register_script(_CREATE)
+        self._claim = client.register_script(_CLAIM)
 
     def key(self, job_id: str) -> str:
         return f"{self.namespace}.job.{job_id}"
@@ -138,6 +179,51 @@ class JobStore:
         ``stages`` names the job's stages in order, so the record lists them all (``queued``)
         before any has run.
         """
+        args: list[str | int] = [self.ttl_s]
+        for name, value in self._new_fields(job_id, tenant, kind, input_ref, stages, site).items():
+            args += [name, value]
+        return bool(self._create(keys=[self.key(job_id)], args=args))
+
+    def claim_submission(
+        self,
+        job_id: str,
+        *,
+        tenant: str,
+        kind: str,
+        stages: Sequence[str] = (),
+        site: str | None = None,
+        lease_s: float,
+    ) -> Submission:
+        """Create the record under a submission lease, or say what became of an earlier submission.
+
+        A submitter that dies after creating the record but before its message is enqueued would
+        leave a job ``queued`` forever; the lease lets a retry of the same request (same job id)
+        take the submission over once ``lease_s`` has passed. One script, one round trip.
+        """
+        now = current_millis()
+        args: list[str | int] = [self.ttl_s, now, now + max(1, int(lease_s * 1000))]
+        for name, value in self._new_fields(job_id, tenant, kind, None, stages, site).items():
+            args += [name, value]
+        verdict = self._claim(keys=[self.key(job_id)], args=args)
+        return Submission(verdict.decode() if isinstance(verdict, bytes) else verdict)
+
+    def mark_enqueued(self, job_id: str) -> None:
+        """The job's first message is in its queue: no later submission enqueues it again."""
+        self.client.hdel(self.key(job_id), "submit_lease_ms")
+
+    def release_submission(self, job_id: str) -> None:
+        """A submission that failed to enqueue: let the next one take over without waiting."""
+        self.client.hset(self.key(job_id), "submit_lease_ms", 0)
+
+    @staticmethod
+    def _new_fields(
+        job_id: str,
+        tenant: str,
+        kind: str,
+        input_ref: str | None,
+        stages: Sequence[str],
+        site: str | None,
+    ) -> dict[str, str | int]:
         now = current_millis()
         fields: dict[str, str | int] = {
             "job_id": job_id,
@@ -155,10 +241,7 @@ class JobStore:
             fields["stages"] = ",".join(stages)
         if site:
             fields["site"] = site
-        args: list[str | int] = [self.ttl_s]
-        for name, value in fields.items():
-            args += [name, value]
-        return bool(self._create(keys=[self.key(job_id)], args=args))
+        return fields
 
     def owner(self, job_id: str) -> tuple[str, JobState] | None:
         """The job's tenant and state (one HMGET), or None when there is no such job."""

@@ -37,7 +37,7 @@ from shared.webhooks import (
     new_secret,
     verify,
 )
-from shared.workflow import submit_workflow
+from shared.workflow import SubmissionInProgressError, submit_workflow
 
 from .errors import ApiError
 from .guard import Guard
@@ -187,16 +187,24 @@ class WebhookIntake:
             document = JobInput.model_validate({"title": data.get("title"), "source": data.get("source")})
         except ValidationError:
             raise ApiError(422, "invalid_event", f"{GENERATE} needs data.title and data.source") from None
-        job_id = "wh" + hashlib.sha256(f"{site_id}:{msg_id}".encode()).hexdigest()[:30]
+        job_id = "wh" + hashlib.sha256(f"{site_id}:{msg_id}".encode()).hexdigest()[:30]  # retries: one job
         options: dict[str, Any] = {
             "site": site_id,
             "publish": site_publishes and data.get("publish") is True,
             "wp_post_id": data.get("post_id"),
             "webhook_id": msg_id,
         }
-        submit_workflow(
-            self.broker, self.jobs, document.model_dump(), job_id=job_id, tenant=tenant, options=options
-        )
+        try:
+            submit_workflow(
+                self.broker, self.jobs, document.model_dump(), job_id=job_id, tenant=tenant, options=options
+            )
+        except SubmissionInProgressError as e:  # the same event, being submitted by another delivery
+            raise ApiError(
+                409,
+                "request_in_progress",
+                "this webhook is still being processed",
+                headers={"Retry-After": str(max(1, round(e.retry_after_s)))},
+            ) from None
         status_url = f"/v1/jobs/{job_id}"
         return ApiResponse(
             202, WebhookAccepted(status="accepted", job_id=job_id, status_url=status_url).model_dump()

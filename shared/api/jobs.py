@@ -9,7 +9,7 @@ from decimal import Decimal
 import dramatiq
 
 from shared.auth import Principal, Scope
-from shared.jobs import JobRecord, JobStore, StageRecord, new_job_id, valid_job_id
+from shared.jobs import JobRecord, JobStore, StageRecord, derived_job_id, new_job_id, valid_job_id
 from shared.request_idempotency import (
     InFlight,
     InvalidIdempotencyKeyError,
@@ -19,7 +19,7 @@ from shared.request_idempotency import (
     fingerprint,
 )
 from shared.sites import SiteRegistry
-from shared.workflow import submit_workflow
+from shared.workflow import SubmissionInProgressError, submit_workflow
 
 from .errors import ApiError
 from .guard import Guard
@@ -82,7 +82,7 @@ class JobsApi:
                     details=[{"field": "site", "problem": "not registered"}],
                 )
         if idempotency_key is None:
-            return self._submit(principal, request)
+            return self._submit(principal, request, new_job_id())
         return self._submit_once(principal, request, idempotency_key)
 
     def _submit_once(self, principal: Principal, request: JobRequest, key: str) -> ApiResponse:
@@ -104,8 +104,11 @@ class JobsApi:
             )
         if isinstance(outcome, InFlight):
             raise ApiError(409, "request_in_progress", "a request with this Idempotency-Key is still running")
+        # The job id follows from the request, so a retry after this handler's crash (once the key's
+        # lock expires) finds the job it created, and enqueues it if the crash came first.
+        job_id = derived_job_id("ik", principal.tenant, key, print_)
         try:
-            response = self._submit(principal, request)
+            response = self._submit(principal, request, job_id)
         except BaseException:
             self.idempotency.release(principal.tenant, key)
             raise
@@ -119,22 +122,30 @@ class JobsApi:
         )
         return response
 
-    def _submit(self, principal: Principal, request: JobRequest) -> ApiResponse:
-        job_id = new_job_id()
+    def _submit(self, principal: Principal, request: JobRequest, job_id: str) -> ApiResponse:
         options = {
             "site": request.site,
             # The draft/publish gate travels with the job: the publish stage re-checks it.
             "publish": request.publish and principal.has(Scope.CONTENT_PUBLISH),
             "metadata": request.metadata,
         }
-        submit_workflow(
-            self.broker,
-            self.jobs,
-            request.input.model_dump(exclude_none=True),
-            job_id=job_id,
-            tenant=principal.tenant,
-            options=options,
-        )
+        try:
+            submit_workflow(
+                self.broker,
+                self.jobs,
+                request.input.model_dump(exclude_none=True),
+                job_id=job_id,
+                tenant=principal.tenant,
+                options=options,
+                lease_s=self.idempotency.lock_s,
+            )
+        except SubmissionInProgressError as e:
+            raise ApiError(
+                409,
+                "request_in_progress",
+                "a request with this Idempotency-Key is still running",
+                headers={"Retry-After": str(max(1, round(e.retry_after_s)))},
+            ) from None
         status_url = f"{JOBS_PATH}/{job_id}"
         accepted = JobAccepted(job_id=job_id, state="queued", status_url=status_url)
         return ApiResponse(202, accepted.model_dump(), {"Location": status_url})
