@@ -300,6 +300,11 @@ class Settings:
     #: How long an in-flight ``Idempotency-Key`` stays locked, so a crashed handler frees it.
     request_idempotency_lock_s: int = 60
     job_ttl_s: int = 7 * 24 * 3600
+    #: The archive's flushes to S3: at most one per interval (seconds), at most this many records.
+    archive_flush_s: float = 5.0
+    archive_batch: int = 5000
+    #: How long a flush holds the archive's lock before another may start (a dead flusher's lock).
+    archive_lock_s: float = 15.0
     dead_letter_maxlen: int = 100_000
     max_retries: int = 5
     min_backoff_ms: int = 500
@@ -475,6 +480,9 @@ class Settings:
                 env, "PRESSLINE_REQUEST_IDEMPOTENCY_LOCK_S", default.request_idempotency_lock_s
             ),
             job_ttl_s=_int(env, "PRESSLINE_JOB_TTL_S", default.job_ttl_s),
+            archive_flush_s=_float(env, "PRESSLINE_ARCHIVE_FLUSH_S", default.archive_flush_s),
+            archive_batch=_int(env, "PRESSLINE_ARCHIVE_BATCH", default.archive_batch),
+            archive_lock_s=_float(env, "PRESSLINE_ARCHIVE_LOCK_S", default.archive_lock_s),
             dead_letter_maxlen=_int(env, "PRESSLINE_DEAD_LETTER_MAXLEN", default.dead_letter_maxlen),
             max_retries=_int(env, "PRESSLINE_MAX_RETRIES", default.max_retries),
             min_backoff_ms=_int(env, "PRESSLINE_MIN_BACKOFF_MS", default.min_backoff_ms),

@@ -13,13 +13,17 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, cast
 
 import redis
 from dramatiq.common import current_millis
+from redis.client import Pipeline
+
+#: More commands for a record write's round trip (e.g. the stage's archive record).
+Also = Callable[[Pipeline], None]
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -93,6 +97,7 @@ class StageRecord:
     finished_at_ms: int | None
     run_ms: int
     last_error: str | None
+    archive: str | None = None  # the archive ref of its last run (``<record id>@<ms>``)
 
 
 @dataclass(frozen=True)
@@ -118,8 +123,8 @@ class JobRecord:
     started_at_ms: int | None
     finished_at_ms: int | None
     last_error: str | None
-    input_ref: str | None
-    output_ref: str | None
+    input_ref: str | None  # the archive ref of the first stage's run (the job's input)
+    output_ref: str | None  # the archive ref of the last stage that succeeded (its output)
     cost_pico_usd: int = 0
     site: str | None = None
     trace_id: str | None = None
@@ -170,7 +175,6 @@ class JobStore:
         *,
         tenant: str,
         kind: str,
-        input_ref: str | None = None,
         stages: Sequence[str] = (),
         site: str | None = None,
     ) -> bool:
@@ -180,7 +184,7 @@ class JobStore:
         before any has run.
         """
         args: list[str | int] = [self.ttl_s]
-        for name, value in self._new_fields(job_id, tenant, kind, input_ref, stages, site).items():
+        for name, value in self._new_fields(job_id, tenant, kind, stages, site).items():
             args += [name, value]
         return bool(self._create(keys=[self.key(job_id)], args=args))
 
@@ -202,7 +206,7 @@ class JobStore:
         """
         now = current_millis()
         args: list[str | int] = [self.ttl_s, now, now + max(1, int(lease_s * 1000))]
-        for name, value in self._new_fields(job_id, tenant, kind, None, stages, site).items():
+        for name, value in self._new_fields(job_id, tenant, kind, stages, site).items():
             args += [name, value]
         verdict = self._claim(keys=[self.key(job_id)], args=args)
         return Submission(verdict.decode() if isinstance(verdict, bytes) else verdict)
@@ -220,7 +224,6 @@ class JobStore:
         job_id: str,
         tenant: str,
         kind: str,
-        input_ref: str | None,
         stages: Sequence[str],
         site: str | None,
     ) -> dict[str, str | int]:
@@ -235,8 +238,6 @@ class JobStore:
             "created_at_ms": now,
             "updated_at_ms": now,
         }
-        if input_ref:
-            fields["input_ref"] = input_ref
         if stages:
             fields["stages"] = ",".join(stages)
         if site:
@@ -257,61 +258,87 @@ class JobStore:
 
     def add_cost(self, job_id: str, pico_usd: int) -> None:
         """Add to the job's running cost in pico-dollars (10^-12 USD): integer sums stay exact."""
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.hincrby(self.key(job_id), "cost_pico_usd", pico_usd)
-            pipe.expire(self.key(job_id), self.ttl_s)
-            pipe.execute()
+        self.client.hincrby(self.key(job_id), "cost_pico_usd", pico_usd)
 
     def running(self, job_id: str, *, stage: str, attempt: int, trace_id: str | None = None) -> None:
-        """A stage's message starts (``attempt`` is Dramatiq's count; every run is counted)."""
+        """A stage's message starts: one HSET. ``attempt`` is Dramatiq's count (retries + 1); a
+        redelivery after a crash runs the same attempt again and is not counted apart."""
         now = current_millis()
-        with self.client.pipeline(transaction=False) as pipe:
-            key = self.key(job_id)
-            pipe.hset(
-                key,
-                mapping={
-                    "state": JobState.RUNNING.value,
-                    "stage": stage,
-                    "updated_at_ms": now,
-                    _f(stage, "state"): StageState.RUNNING.value,
-                },
-            )
-            pipe.hsetnx(key, "started_at_ms", now)
-            pipe.hincrby(key, "attempts", 1)
-            pipe.hsetnx(key, "created_at_ms", now)
-            pipe.hsetnx(key, _f(stage, "started_at_ms"), now)
-            pipe.hincrby(key, _f(stage, "attempts"), 1)
+        fields: dict[str, str | int] = {
+            "state": JobState.RUNNING.value,
+            "stage": stage,
+            "updated_at_ms": now,
+            _f(stage, "state"): StageState.RUNNING.value,
+            _f(stage, "attempts"): attempt,
+        }
+        if attempt == 1:
+            fields[_f(stage, "started_at_ms")] = now
             if trace_id:
-                pipe.hsetnx(key, "trace_id", trace_id)
-            pipe.expire(key, self.ttl_s)
-            pipe.execute()
-        del attempt  # the counters above count every run, redeliveries included
+                fields[_f(stage, "trace_id")] = trace_id
+        self.client.hset(self.key(job_id), mapping=cast(dict[Any, Any], fields))
 
-    def stage_succeeded(self, job_id: str, *, stage: str, run_ms: int = 0, last: bool = False) -> None:
-        """A stage finished; ``last``: it was the job's last stage, so the job succeeded too."""
+    def stage_succeeded(
+        self,
+        job_id: str,
+        *,
+        stage: str,
+        run_ms: int = 0,
+        last: bool = False,
+        archive: str | None = None,
+        also: Also | None = None,
+    ) -> None:
+        """A stage finished; ``last``: it was the job's last stage, so the job succeeded too.
+
+        ``archive`` is the stage's archive ref; ``also`` queues more commands (the archive record)
+        on the same round trip.
+        """
         now = current_millis()
         fields: dict[str, str | int] = {
             _f(stage, "state"): StageState.SUCCEEDED.value,
             _f(stage, "finished_at_ms"): now,
+            _f(stage, "run_ms"): run_ms,
         }
+        if archive:
+            fields[_f(stage, "archive")] = archive
         if last:
             fields.update(state=JobState.SUCCEEDED.value, finished_at_ms=now)
-        self._write(job_id, fields, incr={_f(stage, "run_ms"): run_ms})
+        self._write(job_id, fields, also=also)
 
-    def retrying(self, job_id: str, *, error: str, stage: str | None = None, run_ms: int = 0) -> None:
+    def retrying(
+        self,
+        job_id: str,
+        *,
+        error: str,
+        stage: str | None = None,
+        run_ms: int = 0,
+        archive: str | None = None,
+        also: Also | None = None,
+    ) -> None:
         fields: dict[str, str | int] = {"state": JobState.RETRYING.value, "last_error": error[:2000]}
         incr: dict[str, int] = {}
         if stage:
             fields[_f(stage, "state")] = StageState.RETRYING.value
             fields[_f(stage, "error")] = error[:2000]
-            incr[_f(stage, "run_ms")] = run_ms
-        self._write(job_id, fields, incr=incr)
+            if archive:
+                fields[_f(stage, "archive")] = archive
+            if run_ms:
+                incr[_f(stage, "failed_run_ms")] = run_ms
+        self._write(job_id, fields, incr=incr, also=also)
 
     def succeeded(self, job_id: str) -> None:
         self._write(job_id, {"state": JobState.SUCCEEDED.value, "finished_at_ms": current_millis()})
 
-    def failed(self, job_id: str, *, error: str, stage: str | None = None, run_ms: int = 0) -> None:
-        """The job failed (in ``stage``): the stages that never ran are marked skipped."""
+    def failed(
+        self,
+        job_id: str,
+        *,
+        error: str,
+        stage: str | None = None,
+        run_ms: int = 0,
+        archive: str | None = None,
+        also: Also | None = None,
+    ) -> None:
+        """The job failed (in ``stage``); the stages that never ran read as skipped."""
         now = current_millis()
         fields: dict[str, str | int] = {
             "state": JobState.FAILED.value,
@@ -323,12 +350,11 @@ class JobStore:
             fields[_f(stage, "state")] = StageState.FAILED.value
             fields[_f(stage, "error")] = error[:2000]
             fields[_f(stage, "finished_at_ms")] = now
-            incr[_f(stage, "run_ms")] = run_ms
-            record = self.get(job_id)
-            for other in record.stages if record else ():
-                if other.name != stage and other.state is StageState.QUEUED:
-                    fields[_f(other.name, "state")] = StageState.SKIPPED.value
-        self._write(job_id, fields, incr=incr)
+            if archive:
+                fields[_f(stage, "archive")] = archive
+            if run_ms:
+                incr[_f(stage, "failed_run_ms")] = run_ms
+        self._write(job_id, fields, incr=incr, also=also)
 
     def set_post(self, job_id: str, post: PostRecord) -> None:
         """Record the WordPress post the job wrote (the same post on every retry)."""
@@ -349,13 +375,6 @@ class JobStore:
     def mark_event_sent(self, job_id: str, event_type: str, webhook_id: str) -> None:
         self._write(job_id, {f"event.{event_type}": webhook_id})
 
-    def set_refs(self, job_id: str, *, input_ref: str | None = None, output_ref: str | None = None) -> None:
-        fields: dict[str, str | int] = {
-            k: v for k, v in (("input_ref", input_ref), ("output_ref", output_ref)) if v
-        }
-        if fields:
-            self._write(job_id, fields)
-
     def get(self, job_id: str) -> JobRecord | None:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.key(job_id)))
         if not raw:
@@ -373,36 +392,54 @@ class JobStore:
                 status=f.get("post_status", ""),
                 publish_refused=f.get("publish_refused") == "1",
             )
+        state = JobState(f.get("state", JobState.QUEUED.value))
+        stages = _stages(f, failed=state is JobState.FAILED)
+        # Job-wide figures are read off the stages, so the hot path writes each stage's fields only.
+        starts = [s.started_at_ms for s in stages if s.started_at_ms]
+        archived = [s.archive for s in stages if s.archive]
+        succeeded = [s.archive for s in stages if s.archive and s.state is StageState.SUCCEEDED]
+        traces = [f[_f(s.name, "trace_id")] for s in stages if f.get(_f(s.name, "trace_id"))]
         return JobRecord(
             job_id=f.get("job_id", job_id),
             tenant=f.get("tenant", ""),
             kind=f.get("kind", ""),
-            state=JobState(f.get("state", JobState.QUEUED.value)),
-            attempts=int(f.get("attempts", 0)),
+            state=state,
+            attempts=sum(s.attempts for s in stages) or int(f.get("attempts", 0)),
             stage=f.get("stage", ""),
             created_at_ms=int(f.get("created_at_ms", 0)),
             updated_at_ms=int(f.get("updated_at_ms", 0)),
-            started_at_ms=opt_int("started_at_ms"),
+            started_at_ms=opt_int("started_at_ms") or (min(starts) if starts else None),
             finished_at_ms=opt_int("finished_at_ms"),
             last_error=f.get("last_error") or None,
-            input_ref=f.get("input_ref") or None,
-            output_ref=f.get("output_ref") or None,
+            input_ref=archived[0] if archived else None,
+            output_ref=succeeded[-1] if succeeded else None,
             cost_pico_usd=int(f.get("cost_pico_usd", 0)),
             site=f.get("site") or None,
-            trace_id=f.get("trace_id") or None,
-            stages=_stages(f),
+            trace_id=f.get("trace_id") or (traces[0] if traces else None),
+            stages=stages,
             post=post,
         )
 
     def _write(
-        self, job_id: str, fields: dict[str, str | int], *, incr: dict[str, int] | None = None
+        self,
+        job_id: str,
+        fields: dict[str, str | int],
+        *,
+        incr: dict[str, int] | None = None,
+        also: Also | None = None,
     ) -> None:
+        """One round trip: the HSET (the TTL was set at creation), counters, and ``also``'s commands."""
         fields = {**fields, "updated_at_ms": current_millis()}
+        key = self.key(job_id)
+        if not incr and also is None:
+            self.client.hset(key, mapping=cast(dict[Any, Any], fields))
+            return
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(self.key(job_id), mapping=cast(dict[Any, Any], fields))
+            pipe.hset(key, mapping=cast(dict[Any, Any], fields))
             for name, amount in (incr or {}).items():
-                pipe.hincrby(self.key(job_id), name, amount)
-            pipe.expire(self.key(job_id), self.ttl_s)
+                pipe.hincrby(key, name, amount)
+            if also is not None:
+                also(pipe)
             pipe.execute()
 
 
@@ -411,8 +448,9 @@ def _f(stage: str, name: str) -> str:
     return f"s.{stage}.{name}"
 
 
-def _stages(f: dict[str, str]) -> tuple[StageRecord, ...]:
-    """The declared stages in order, then any other stage that ran, by first start."""
+def _stages(f: dict[str, str], *, failed: bool) -> tuple[StageRecord, ...]:
+    """The declared stages in order, then any other stage that ran, by first start. A failed job's
+    stages that never ran are skipped."""
     declared = [name for name in f.get("stages", "").split(",") if name]
     seen = {key.split(".")[1] for key in f if key.startswith("s.") and key.count(".") >= 2}
     extra = sorted(seen - set(declared), key=lambda n: int(f.get(_f(n, "started_at_ms")) or 0))
@@ -423,15 +461,17 @@ def _stages(f: dict[str, str]) -> tuple[StageRecord, ...]:
             value = f.get(_f(name, field))
             return int(value) if value else None
 
+        state = StageState(f.get(_f(name, "state"), StageState.QUEUED.value))
         records.append(
             StageRecord(
                 name=name,
-                state=StageState(f.get(_f(name, "state"), StageState.QUEUED.value)),
+                state=StageState.SKIPPED if failed and state is StageState.QUEUED else state,
                 attempts=int(f.get(_f(name, "attempts"), 0)),
                 started_at_ms=opt_int("started_at_ms"),
                 finished_at_ms=opt_int("finished_at_ms"),
-                run_ms=int(f.get(_f(name, "run_ms"), 0)),
+                run_ms=int(f.get(_f(name, "run_ms"), 0)) + int(f.get(_f(name, "failed_run_ms"), 0)),
                 last_error=f.get(_f(name, "error")) or None,
+                archive=f.get(_f(name, "archive")) or None,
             )
         )
     return tuple(records)

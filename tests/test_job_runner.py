@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -22,9 +23,11 @@ from dramatiq.common import current_millis
 from dramatiq.message import Message
 
 from localstack.endpoint import Endpoint
+from shared.archive import Archiver, ArchiveReader
 from shared.aws import aws_client
 from shared.config import Settings
 from shared.jobs import JobState, JobStore
+from shared.payloads import PayloadStore
 from shared.streams import RedisStreamsBroker
 from tests.support.workers import ROOT, start_workers, stop_workers, worker_children, worker_env
 from workers.app import build_broker
@@ -221,13 +224,29 @@ def test_job_records_follow_success_retries_and_failure(settings: Settings) -> N
         3,
         "RuntimeError: attempt 3 failed",
     )
-    assert ok.output_ref and ok.output_ref.startswith(f"s3://{settings.payload_bucket}/acme/jobs/ok/step-")
-    archived = json.loads(
-        aws_client("s3", settings)
-        .get_object(Bucket=settings.payload_bucket, Key=ok.output_ref.split("/", 3)[3])["Body"]
-        .read()
+    # Each run's archive record went to the buffer with its record write; one flush moves them all.
+    archiver = Archiver(
+        broker.client, settings.namespace, PayloadStore(aws_client("s3", settings), settings.payload_bucket)
     )
-    assert (archived["input"]["args"], archived["output"]) == (["ok", 0], "ok done")
+    archiver.drain()  # what the workers' own archiver had not flushed yet
+    assert broker.client.xlen(archiver.buffer) == 0
+    reader = ArchiveReader(broker.client, settings.namespace, archiver.payloads)
+    assert ok.output_ref and broken.output_ref is None and broken.input_ref
+    (where,) = reader.locate("acme", [ok.output_ref])
+    assert where.uri and where.uri.startswith(f"s3://{settings.payload_bucket}/acme/archive/")
+    archived = reader.read(where)
+    assert archived is not None
+    assert (archived.input, archived.output, archived.error) == (
+        {"args": ["ok", 0], "kwargs": {}},
+        "ok done",
+        None,
+    )
+    (failure,) = reader.locate("acme", [broken.input_ref])
+    last_try = reader.read(failure)
+    assert last_try is not None and (last_try.attempt, last_try.error) == (
+        3,
+        "RuntimeError: attempt 3 failed",
+    )
     assert ok.created_at_ms <= ok.started_at_ms <= ok.finished_at_ms <= current_millis()  # type: ignore[operator]
 
 
@@ -249,6 +268,7 @@ def test_a_workflow_runs_through_the_four_stage_queues(settings: Settings, tmp_p
             PRESSLINE_OPENAI_BASE_URL=f"{fake}/openai/v1",
             PRESSLINE_GROQ_BASE_URL=f"{fake}/groq/openai/v1",
             PRESSLINE_ROUTING_POLICY=str(policy),
+            PRESSLINE_ARCHIVE_FLUSH_S="0.5",
         )
         _submit_and_check(settings, main)
 
@@ -279,11 +299,27 @@ def _submit_and_check(settings: Settings, main: subprocess.Popen[bytes]) -> None
         record = json.loads(done.stdout.split("\n", 1)[1])
         assert (record["state"], record["stage"], record["tenant"]) == ("succeeded", "publish", tenant)
         assert record["cost_pico_usd"] > 0  # the LLM call was charged to the job
-        objects = aws_client("s3", settings).list_objects_v2(
-            Bucket=settings.payload_bucket, Prefix=f"{tenant}/jobs/{record['job_id']}/"
-        )
-        stages = sorted(o["Key"].rsplit("/", 1)[1].split("-")[0] for o in objects.get("Contents", []))
-        assert stages == ["infer", "ingest", "input.json", "post_process", "publish"]
+
+        def archived() -> list[dict[str, Any]]:
+            """The operator command's reading of the job's archive: a record per stage."""
+            shown = subprocess.run(
+                [sys.executable, "-m", "shared.archive.cli", "show", record["job_id"], "--records"],
+                cwd=ROOT,
+                env=worker_env(settings.broker_url),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            return [json.loads(line) for line in shown.stdout.splitlines()]
+
+        wait_for(lambda: all("buffered" not in r for r in archived()), 30, "the archive's flush")
+        records = archived()
+        assert [r["stage"] for r in records] == ["ingest", "infer", "post_process", "publish"]
+        assert records[0]["input"]["args"] == [{"title": "Hi", "source": "A. B. C. D."}]
+        for earlier, later in itertools.pairwise(records):
+            assert later["input"]["args"][-1] == earlier["output"]  # each stage's output is the next's input
+        assert records[-1]["output"]["status"] == "archived" and records[-1]["error"] is None
     finally:
         stop_workers(main)
 

@@ -230,7 +230,7 @@ def outcome(receiver: Receiver, job_id: str) -> tuple[dict[str, str], dict[str, 
 def test_an_api_job_without_a_site_runs_every_stage_and_reports_completion(
     stack: Stack, receiver: Receiver
 ) -> None:
-    _, tokens = tenant_tokens(stack)
+    tenant, tokens = tenant_tokens(stack)
     job_id, accepted = submit(stack, tokens["editor"], {"input": {"title": "Tides", "source": "The moon."}})
     view = wait_job(stack, tokens["reader"], job_id)
     assert view["state"] == "succeeded", view
@@ -244,7 +244,19 @@ def test_an_api_job_without_a_site_runs_every_stage_and_reports_completion(
         assert stage["started_at"] <= stage["finished_at"] and stage["duration_ms"] >= stage["run_ms"] >= 0
     assert view["cost"]["pico_usd"] > 0  # the LLM call, charged to the job by the ledger
     assert view["post"] is None and view["site"] is None
-    assert view["input_ref"].endswith(f"/jobs/{job_id}/input.json")
+
+    def archived() -> dict[str, Any] | None:
+        """The view once every stage's record left the buffer for S3 (flushed every few seconds)."""
+        again: dict[str, Any] = httpx.get(
+            f"{stack.api}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {tokens['reader']}"}
+        ).json()
+        return again if all(s["archive"]["object"] for s in again["stages"]) else None
+
+    flushed = wait_for(archived, 30, "the stages' archive records in S3")
+    bucket = f"s3://{stack.settings.payload_bucket}/{tenant}/archive/"
+    ingest = flushed["stages"][0]["archive"]
+    assert flushed["input_ref"] == f"{ingest['object']}#line={ingest['line']}"
+    assert flushed["input_ref"].startswith(bucket) and flushed["result_ref"].startswith(bucket)
     assert view["trace_id"] == accepted.headers["X-Trace-Id"]  # one trace from the request to the end
     headers, event = outcome(receiver, job_id)
     assert event["type"] == "run.completed" and headers["webhook-id"].startswith("msg_")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,6 @@ from shared.api.jobs import view
 from shared.errors import PermanentError
 from shared.jobs import JobState, JobStore, PostRecord, StageState
 from shared.outbound import stable_msg_id
-from shared.payloads import PayloadStore
 from shared.pipeline import events, infer, ingest, post_process, publish
 from shared.pipeline.errors import MAX_DELAY_MS, RetryLater
 from shared.pipeline.memo import StageMemo
@@ -58,32 +56,6 @@ def test_ingest_normalises_whitespace_controls_and_paragraphs() -> None:
 def test_ingest_refuses_bad_input_for_good(document: Any, reason: str) -> None:
     with pytest.raises(PermanentError, match=reason):
         ingest.normalise(document)
-
-
-class FakeS3:
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def put_object(self, *, Bucket: str, Key: str, Body: bytes, ContentType: str) -> None:
-        self.objects[f"{Bucket}/{Key}"] = Body
-
-
-def test_ingest_archives_the_input_under_one_key_per_job() -> None:
-    s3 = FakeS3()
-    payloads = PayloadStore(s3, "bucket")
-    for _ in range(2):  # a retried ingest overwrites
-        uri = ingest.archive_input(
-            payloads, tenant="acme", job_id="j1", site="blog", document={"title": "t", "source": "s"}
-        )
-    assert uri == "s3://bucket/acme/jobs/j1/input.json"
-    assert list(s3.objects) == ["bucket/acme/jobs/j1/input.json"]
-    stored = json.loads(s3.objects["bucket/acme/jobs/j1/input.json"])
-    assert stored == {
-        "job_id": "j1",
-        "tenant": "acme",
-        "site": "blog",
-        "input": {"title": "t", "source": "s"},
-    }
 
 
 # -- infer -------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,32 +13,9 @@ import pytest
 import redis
 from dramatiq import Worker
 
-from infra.redis_server import free_port, start_redis, stop_process
 from shared.streams import RedisStreamsBroker
 from shared.streams.keys import GROUP
-
-
-class KillableRedis:
-    """A Redis whose every write is on disk before it answers (AOF, fsync always), so a SIGKILL
-    and a restart on the same port lose connections, never data."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.data_dir = data_dir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = self._start()
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        return start_redis(self.port, self.data_dir, durable=True, fsync="always")
-
-    def kill_and_restart(self, down_s: float) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        time.sleep(down_s)
-        self.proc = self._start()
-
-    def stop(self) -> None:
-        stop_process(self.proc)
+from tests.support.killable_redis import KillableRedis
 
 
 @pytest.fixture

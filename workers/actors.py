@@ -66,19 +66,9 @@ def stage(queue_name: str, **actor_options: Any) -> Callable[[F], F]:
 
 @stage("ingest")
 def ingest(document: dict[str, Any]) -> dict[str, Any]:
-    """Validate and normalise the input, and archive it as the job's input."""
-    opts = options()
-    normalised = ingest_stage.normalise(document)
-    rt = runtime()
-    uri = ingest_stage.archive_input(
-        rt.payloads,
-        tenant=opts.get("tenant"),
-        job_id=opts["job_id"],
-        site=opts.get("site"),
-        document=normalised,
-    )
-    rt.jobs.set_refs(opts["job_id"], input_ref=uri)
-    return normalised
+    """Validate and normalise the input (its archive record is the job's input)."""
+    options()
+    return ingest_stage.normalise(document)
 
 
 @stage("infer", time_limit=300_000)

@@ -21,6 +21,7 @@ from dramatiq.middleware import (
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from shared.archive import ArchiveBuffer, Archiver
 from shared.aws import aws_client
 from shared.claim_check import ClaimCheckEncoder
 from shared.config import Settings
@@ -35,7 +36,7 @@ from shared.telemetry.logging import configure_logging
 from shared.telemetry.message_tracing import Tracing
 from shared.telemetry.tracing import configure_tracing
 
-from .middleware.archive import Archive
+from .middleware.archive import ArchiveFlushing
 from .middleware.idempotency import Idempotency
 from .middleware.job_state import JobState, OnFinished
 from .middleware.prometheus import Prometheus, job_finished
@@ -51,8 +52,9 @@ def build_middleware(
     """Dramatiq's standard middleware plus Pressline's, in an order that matters.
 
     Before-hooks run top to bottom and after-hooks bottom to top: metrics and the trace span wrap
-    everything, idempotency skips a finished message before any work, and the job record and
-    archive see Retries' verdict; the job record is written before Pipelines sends the next stage.
+    everything, idempotency skips a finished message before any work, and the job record (with
+    the run's archive record, in one round trip) sees Retries' verdict; the job record is written
+    before Pipelines sends the next stage.
     """
     jobs = JobStore(client, settings.namespace, settings.job_ttl_s)
     return [
@@ -63,12 +65,26 @@ def build_middleware(
         ShutdownNotifications(),
         CurrentMessage(),
         Idempotency(IdempotencyStore(client, settings.namespace, settings.idempotency_ttl_s)),
-        Archive(payloads, jobs),
+        ArchiveFlushing(
+            Archiver(
+                client,
+                settings.namespace,
+                payloads,
+                batch=settings.archive_batch,
+                interval_s=settings.archive_flush_s,
+                lock_s=settings.archive_lock_s,
+                index_ttl_s=settings.job_ttl_s,
+            )
+        ),
         Callbacks(),
         Pipelines(),
         # After Pipelines: a stage is recorded done before its next stage is enqueued (and can
         # finish the job); before Retries: it sees whether Retries gave up on the message.
-        JobState(jobs, on_finished=outcome_events(settings, jobs)),
+        JobState(
+            jobs,
+            on_finished=outcome_events(settings, jobs),
+            archive=ArchiveBuffer(settings.namespace, payloads),
+        ),
         BudgetedRetries(
             max_retries=settings.max_retries,
             min_backoff=settings.min_backoff_ms,

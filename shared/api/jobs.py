@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import dramatiq
 
+from shared.archive import ArchiveReader, Location
 from shared.auth import Principal, Scope
 from shared.jobs import JobRecord, JobStore, StageRecord, derived_job_id, new_job_id, valid_job_id
 from shared.request_idempotency import (
@@ -23,7 +24,7 @@ from shared.workflow import SubmissionInProgressError, submit_workflow
 
 from .errors import ApiError
 from .guard import Guard
-from .models import JobAccepted, JobCost, JobRequest, JobView, PostView, StageView
+from .models import ArchiveView, JobAccepted, JobCost, JobRequest, JobView, PostView, StageView
 from .parsing import parse_body
 from .responses import ApiResponse
 
@@ -40,6 +41,7 @@ class JobsApi:
       idempotency(RequestIdempotency): ``Idempotency-Key`` handling (Stripe's semantics).
       max_body_bytes(int)
       sites(SiteRegistry): Which tenant owns a site (default: the registry in the jobs' Redis).
+      archive(ArchiveReader): Where the stages' archive records are (none: not shown).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class JobsApi:
         idempotency: RequestIdempotency,
         max_body_bytes: int,
         sites: SiteRegistry | None = None,
+        archive: ArchiveReader | None = None,
     ) -> None:
         self.broker = broker
         self.jobs = jobs
@@ -57,6 +60,7 @@ class JobsApi:
         self.idempotency = idempotency
         self.max_body_bytes = max_body_bytes
         self.sites = sites or SiteRegistry(jobs.client, jobs.namespace)
+        self.archive = archive
 
     def create(
         self,
@@ -157,10 +161,19 @@ class JobsApi:
         record = self.jobs.get(job_id)
         if record is None or record.tenant != principal.tenant:
             raise ApiError(404, "job_not_found", "there is no such job")
-        return ApiResponse(200, view(record).model_dump())
+        return ApiResponse(200, view(record, self._locations(record)).model_dump())
+
+    def _locations(self, record: JobRecord) -> dict[str, Location]:
+        """Each archive ref of the record, located (one round trip)."""
+        refs = sorted({stage.archive for stage in record.stages if stage.archive})
+        if self.archive is None or not refs:
+            return {}
+        return dict(zip(refs, self.archive.locate(record.tenant, refs), strict=True))
 
 
-def view(record: JobRecord) -> JobView:
+def view(record: JobRecord, archive: dict[str, Location] | None = None) -> JobView:
+    """The record as the API shows it; ``archive``: its refs' locations, when they were looked up."""
+    located = archive or {}
     return JobView(
         job_id=record.job_id,
         kind=record.kind,
@@ -172,12 +185,12 @@ def view(record: JobRecord) -> JobView:
         started_at=_iso(record.started_at_ms) if record.started_at_ms else None,
         finished_at=_iso(record.finished_at_ms) if record.finished_at_ms else None,
         last_error=record.last_error,
-        input_ref=record.input_ref,
-        result_ref=record.output_ref,
+        input_ref=_uri(located.get(record.input_ref or "")),
+        result_ref=_uri(located.get(record.output_ref or "")),
         cost=JobCost(usd=usd(record.cost_pico_usd), pico_usd=record.cost_pico_usd),
         site=record.site,
         trace_id=record.trace_id,
-        stages=[stage_view(stage) for stage in record.stages],
+        stages=[stage_view(stage, located.get(stage.archive or "")) for stage in record.stages],
         post=None
         if record.post is None
         else PostView(
@@ -189,7 +202,13 @@ def view(record: JobRecord) -> JobView:
     )
 
 
-def stage_view(stage: StageRecord) -> StageView:
+def _uri(location: Location | None) -> str | None:
+    if location is None or not location.archived:
+        return None
+    return f"{location.uri}#line={location.line}"
+
+
+def stage_view(stage: StageRecord, location: Location | None = None) -> StageView:
     started, finished = stage.started_at_ms, stage.finished_at_ms
     return StageView(
         name=stage.name,
@@ -200,6 +219,9 @@ def stage_view(stage: StageRecord) -> StageView:
         duration_ms=finished - started if started and finished else None,
         run_ms=stage.run_ms,
         last_error=stage.last_error,
+        archive=None
+        if location is None
+        else ArchiveView(record_id=location.record_id, object=location.uri, line=location.line),
     )
 
 

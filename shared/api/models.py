@@ -52,6 +52,12 @@ class JobCost(Strict):
     pico_usd: int = Field(description="Spend so far in 10^-12 USD (exact integer)")
 
 
+class ArchiveView(Strict):
+    record_id: str = Field(description="The stage run's archive record (the same for every copy of it)")
+    object: str | None = Field(description="The gzip JSON Lines object holding it; null while buffered")
+    line: int | None = Field(description="Its line in the object, from 1")
+
+
 class StageView(Strict):
     name: str
     state: Literal["queued", "running", "retrying", "succeeded", "failed", "skipped"]
@@ -61,6 +67,9 @@ class StageView(Strict):
     duration_ms: int | None = Field(description="From the first start to the finish, waits included")
     run_ms: int = Field(description="Time spent running, over all attempts")
     last_error: str | None
+    archive: ArchiveView | None = Field(
+        default=None, description="Where its last run's input and output are archived"
+    )
 
 
 class PostView(Strict):
@@ -81,8 +90,8 @@ class JobView(Strict):
     started_at: str | None
     finished_at: str | None
     last_error: str | None
-    input_ref: str | None
-    result_ref: str | None
+    input_ref: str | None = Field(description="The archived input (``s3://...#line=N``); null while buffered")
+    result_ref: str | None = Field(description="The archived output of the last stage that succeeded")
     cost: JobCost
     site: str | None = None
     trace_id: str | None = Field(default=None, description="The OpenTelemetry trace of the run (hex)")

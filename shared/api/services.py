@@ -10,6 +10,7 @@ import redis
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
+from shared.archive import ArchiveReader
 from shared.auth import TokenStore
 from shared.aws import aws_client
 from shared.cache.factory import build_cache
@@ -98,7 +99,14 @@ class Services:
         registry = CollectorRegistry()
         proxy = build_proxy(settings, client, guard, budgets, registry, broker)
         return cls(
-            jobs=JobsApi(broker, jobs, guard, idempotency, settings.max_job_body_bytes),
+            jobs=JobsApi(
+                broker,
+                jobs,
+                guard,
+                idempotency,
+                settings.max_job_body_bytes,
+                archive=ArchiveReader(client, settings.namespace, payloads),
+            ),
             webhooks=intake,
             proxy=proxy,
             costs=CostsApi(guard, ledger, budgets),

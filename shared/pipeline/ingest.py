@@ -1,4 +1,4 @@
-"""Ingest: validate and normalise a job's input, and archive it as the job's canonical input.
+"""Ingest: validate and normalise a job's input (its archive record keeps it as the job's input).
 
 Input comes from the API (already schema-checked) or a WordPress webhook, so it is checked again
 here: a message is a trust boundary of its own (a requeued or hand-written one).
@@ -6,13 +6,11 @@ here: a message is a trust boundary of its own (a requeued or hand-written one).
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from typing import Any
 
 from shared.errors import PermanentError
-from shared.payloads import PayloadStore
 
 MAX_TITLE = 200
 MAX_SOURCE = 20_000
@@ -59,16 +57,3 @@ def normalise(document: Any) -> dict[str, str]:
     if hints:
         result["hints"] = hints
     return result
-
-
-def input_key(tenant: str | None, job_id: str) -> str:
-    """One key per job, so a retried or redelivered ingest overwrites instead of adding."""
-    return f"{PayloadStore.tenant_prefix(tenant)}/jobs/{job_id}/input.json"
-
-
-def archive_input(
-    payloads: PayloadStore, *, tenant: str | None, job_id: str, site: str | None, document: dict[str, str]
-) -> str:
-    """Store the normalised input under the tenant's prefix; returns its ``s3://`` URI."""
-    body = {"job_id": job_id, "tenant": tenant, "site": site, "input": document}
-    return payloads.put(input_key(tenant, job_id), json.dumps(body, ensure_ascii=False).encode())

@@ -1,55 +1,32 @@
-"""Archive each job message's input and output to S3 under the tenant's prefix."""
+"""Run the archiver (the buffer's mover to S3) in the background of every worker process."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import dramatiq
-from dramatiq.broker import MessageProxy
-from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware
 
-from shared.jobs import JobStore
-from shared.payloads import PayloadStore
+from shared.archive import Archiver
+from shared.archive.flusher import ArchiverThread
 
 
-class Archive(Middleware):
-    """Writes ``<tenant>/jobs/<job_id>/<actor>-<message_id>.json`` after each run of a job's
-    message (success or failure), and points the job record at it.
+class ArchiveFlushing(Middleware):
+    """Starts an :class:`~shared.archive.flusher.ArchiverThread` when a worker boots and stops it at
+    shutdown. Every process may run one: the archiver's lock lets one flush at a time, an interval
+    apart. What is still buffered at shutdown stays in Redis for the next flush.
 
     Parameters:
-      payloads(PayloadStore)
-      jobs(JobStore)
+      archiver(Archiver)
     """
 
-    def __init__(self, payloads: PayloadStore, jobs: JobStore) -> None:
-        self.payloads = payloads
-        self.jobs = jobs
+    def __init__(self, archiver: Archiver) -> None:
+        self.archiver = archiver
+        self._thread: ArchiverThread | None = None
 
-    def after_process_message(
-        self,
-        broker: dramatiq.Broker,
-        message: MessageProxy,
-        *,
-        result: Any = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        job_id = message.options.get("job_id")
-        if not job_id:
-            return
-        tenant = PayloadStore.tenant_prefix(message.options.get("tenant"))
-        record = {
-            "job_id": job_id,
-            "tenant": tenant,
-            "actor": message.actor_name,
-            "message_id": message.message_id,
-            "input": {"args": list(message.args), "kwargs": message.kwargs},
-            "output": result,
-            "error": None if exception is None else f"{type(exception).__name__}: {exception}",
-            "archived_at_ms": current_millis(),
-        }
-        key = f"{tenant}/jobs/{job_id}/{message.actor_name}-{message.message_id}.json"
-        uri = self.payloads.put(key, json.dumps(record, default=str).encode())
-        if exception is None:
-            self.jobs.set_refs(job_id, output_ref=uri)
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._thread = ArchiverThread(self.archiver)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
