@@ -7,7 +7,8 @@ hold — atomically, so 20 concurrent requests can never all see the same headro
 the ledger's own per-period ``cost_pico`` counter (one source of truth).  :meth:`settle` frees
 the hold and charges the actual cost in one script (with the ledger entry when given one);
 :meth:`release` frees a hold that consumed nothing.  Holds expire (``reservation_ttl_s``, by
-Redis' clock) so a crashed process cannot keep a tenant's budget.
+Redis' clock) so a crashed process cannot keep a tenant's budget.  A tenant with no hard limit
+has nothing to protect: its reservation holds nothing and costs one HMGET.
 
 The guarantee: spend stays within the hard limit as long as each settled cost is at most its
 reserved estimate — which :func:`worst_case_cost` makes true by bounding input tokens by the
@@ -68,21 +69,27 @@ local function purge(now)
     redis.call('ZREM', KEYS[2], id)
   end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-purge(now)
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 """
 
 #: KEYS: limits, hold expiry, hold amount, hold total, day counters, month counters.
-#: ARGV: reservation id, amount, ttl ms.  -> {1, expires_ms} or {0, period, hard, spent, held}.
+#: ARGV: reservation id, amount, ttl ms.  -> {1, expires_ms}, {2} (no hard limit: nothing to hold)
+#: or {0, period, hard, spent, held}.
 _RESERVE = (
     LUA_MONEY
     + _PURGE
     + """
+local hards = redis.call('HMGET', KEYS[1], 'day:hard', 'month:hard')
+if not hards[1] and not hards[2] then return {2} end
+local now = clock()
+purge(now)
 local held = redis.call('GET', KEYS[4]) or '0'
 local wanted = add(parse(held), parse(ARGV[2]))
-for _, p in ipairs({{'day', KEYS[5]}, {'month', KEYS[6]}}) do
-  local hard = redis.call('HGET', KEYS[1], p[1] .. ':hard')
+for n, p in ipairs({{'day', KEYS[5]}, {'month', KEYS[6]}}) do
+  local hard = hards[n]
   if hard then
     local spent = redis.call('HGET', p[2], 'cost_pico') or '0'
     if gt(add(parse(spent), wanted), parse(hard)) then return {0, p[1], hard, spent, held} end
@@ -104,6 +111,7 @@ return {1, string.format('%d', expires)}
 _RELEASE = (
     _PURGE
     + """
+purge(clock())
 local freed = 0
 if ARGV[1] ~= '' then
   local held = redis.call('HGET', KEYS[3], ARGV[1])
@@ -303,6 +311,8 @@ class BudgetGuard:
         if not int(reply[0]):
             period, limit, spent, held = (r.decode() if isinstance(r, bytes) else str(r) for r in reply[1:5])
             raise BudgetExceeded(tenant, Period(period), int(limit), int(spent), int(held), estimate_pico)
+        if int(reply[0]) == 2:  # no hard limit: nothing is held, the settle still charges once
+            return Reservation(reservation_id, tenant, estimate_pico, 0)
         return Reservation(reservation_id, tenant, estimate_pico, int(reply[1]))
 
     def settle(self, reservation: Reservation, actual: int | CostEntry) -> tuple[BudgetAlert, ...]:

@@ -153,29 +153,35 @@ redis.call('EXPIRE', KEYS[6], ARGV[10])
 local entry_id = ''
 if has_entry then
   for _ = 1, tonumber(ARGV[14]) do redis.call('HINCRBY', KEYS[13], ARGV[i], ARGV[i + 1]); i = i + 2 end
-  for _ = 1, tonumber(ARGV[15]) do redis.call('HSET', KEYS[13], ARGV[i], ARGV[i + 1]); i = i + 2 end
+  local labels = {ARGV[4], ARGV[5]}  -- the attempt's entry, then the request's labels: one HSET
+  for _ = 1, tonumber(ARGV[15]) do
+    labels[#labels + 1] = ARGV[i]; labels[#labels + 1] = ARGV[i + 1]; i = i + 2
+  end
   local fields = {}
   for _ = 1, tonumber(ARGV[16]) do
     fields[#fields + 1] = ARGV[i]; fields[#fields + 1] = ARGV[i + 1]; i = i + 2
   end
   entry_id = redis.call('XADD', KEYS[12], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
-  redis.call('HSET', KEYS[13], ARGV[4], ARGV[5])
+  redis.call('HSET', KEYS[13], unpack(labels))
   redis.call('EXPIRE', KEYS[13], ARGV[7])
   if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[14]) == 1 then  -- never create a job record
-    redis.call('HINCRBY', KEYS[14], 'cost_pico_usd', ARGV[9])
-    redis.call('EXPIRE', KEYS[14], ARGV[8])
+    redis.call('HINCRBY', KEYS[14], 'cost_pico_usd', ARGV[9])  -- (its TTL was set at creation)
   end
 end
 local out = {1, entry_id}
 if ARGV[17] ~= '1' then return out end
-local checks = {{'day', KEYS[6], KEYS[8], KEYS[9], ARGV[11]},
-                {'month', KEYS[7], KEYS[10], KEYS[11], ARGV[12]}}
+-- One HMGET for every limit; a period's spend is read (as Redis' exact decimal) only if it has one.
+local limits = redis.call('HMGET', KEYS[1], 'day:soft', 'day:hard', 'month:soft', 'month:hard')
+local checks = {{'day', KEYS[6], KEYS[8], KEYS[9], ARGV[11], limits[1], limits[2]},
+                {'month', KEYS[7], KEYS[10], KEYS[11], ARGV[12], limits[3], limits[4]}}
 for _, c in ipairs(checks) do
-  local spent = redis.call('HGET', c[2], 'cost_pico') or '0'
-  for n, level in ipairs({'soft', 'hard'}) do
-    local limit = redis.call('HGET', KEYS[1], c[1] .. ':' .. level)
-    if limit and ge(parse(spent), parse(limit)) and redis.call('SET', c[2 + n], '1', 'NX', 'PX', c[5]) then
-      out[#out + 1] = c[1]; out[#out + 1] = level; out[#out + 1] = limit; out[#out + 1] = spent
+  if c[6] or c[7] then
+    local spent = redis.call('HGET', c[2], 'cost_pico') or '0'
+    for n, level in ipairs({'soft', 'hard'}) do
+      local limit = c[5 + n]
+      if limit and ge(parse(spent), parse(limit)) and redis.call('SET', c[2 + n], '1', 'NX', 'PX', c[5]) then
+        out[#out + 1] = c[1]; out[#out + 1] = level; out[#out + 1] = limit; out[#out + 1] = spent
+      end
     end
   end
 end
@@ -465,6 +471,9 @@ class CostLedger:
             "estimated_attempts": int(u.estimated),
             "saved_pico": entry.saved_pico,
         }
+        # A zero adds nothing: fewer commands per charge (missing counters read as 0).
+        totals = {k: v for k, v in totals.items() if v or k in ("cost_pico", "requests")}
+        per_request = {k: v for k, v in per_request.items() if v or k in ("cost_pico", "attempts")}
         labels = {"tenant": entry.tenant, "job_id": entry.job_id or ""}
         fields = entry.fields()
         return self._charge(
