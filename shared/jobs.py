@@ -211,6 +211,12 @@ class JobStore:
         verdict = self._claim(keys=[self.key(job_id)], args=args)
         return Submission(verdict.decode() if isinstance(verdict, bytes) else verdict)
 
+    def submitted(self, job_id: str) -> bool:
+        """Whether the job exists and its first message was enqueued (one HMGET)."""
+        found = self.client.hmget(self.key(job_id), ["job_id", "submit_lease_ms"])
+        job, lease = cast(list[bytes | None], found)
+        return job is not None and lease is None
+
     def mark_enqueued(self, job_id: str) -> None:
         """The job's first message is in its queue: no later submission enqueues it again."""
         self.client.hdel(self.key(job_id), "submit_lease_ms")

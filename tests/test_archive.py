@@ -159,7 +159,9 @@ def test_a_flush_that_dies_after_its_put_is_redone_under_the_same_key(
     Archiver(client, settings.namespace, payloads, batch=4).drain()
     ids = [line["id"] for line in archived_lines(settings, INITECH)]
     assert sorted(ids) == sorted(f"m{n}.1" for n in range(10))  # the first batch rewritten, not added
-    keys = aws_client("s3", settings).list_objects_v2(Bucket=settings.payload_bucket, Prefix=f"{INITECH}/archive/")
+    keys = aws_client("s3", settings).list_objects_v2(
+        Bucket=settings.payload_bucket, Prefix=f"{INITECH}/archive/"
+    )
     assert len(keys["Contents"]) == 3  # 4 + 4 + 2
 
 

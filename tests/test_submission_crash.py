@@ -8,6 +8,7 @@ SIGKILL, so Redis keeps precisely what a crash there leaves. A new server takes 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,10 +27,12 @@ import redis
 
 from infra.local_api import local_api
 from localstack.endpoint import Endpoint
+from shared.api.intake import webhook_job_id
 from shared.config import Settings
-from shared.jobs import JobStore, Submission
+from shared.jobs import _CLAIM, JobStore, Submission
 from shared.request_idempotency import _COMPLETE
-from tests.support.api import Tenant, ensure_bucket, make_tenant
+from shared.webhooks import sign
+from tests.support.api import Tenant, ensure_bucket, make_tenant, new_whsec, put_site_secret, register_site
 from tests.support.tcp_gate import TcpGate
 from tests.support.workers import worker_env
 
@@ -44,9 +47,14 @@ def r(redis_url: str) -> redis.Redis:
 
 
 @pytest.fixture
-def tenant(r: redis.Redis, redis_url: str, aws_endpoint: Endpoint) -> Tenant:
-    settings = Settings(broker_url=redis_url, aws_endpoint_url=aws_endpoint.url)
-    ensure_bucket(settings)
+def settings(redis_url: str, aws_endpoint: Endpoint) -> Settings:
+    s = Settings(broker_url=redis_url, aws_endpoint_url=aws_endpoint.url)
+    ensure_bucket(s)
+    return s
+
+
+@pytest.fixture
+def tenant(r: redis.Redis, settings: Settings) -> Tenant:
     return make_tenant(r, settings, "acme")
 
 
@@ -167,3 +175,53 @@ def test_a_submission_lease_decides_who_enqueues(r: redis.Redis) -> None:
     record = jobs.get("j1")
     assert record is not None and record.tenant == "acme" and [s.name for s in record.stages] == ["a", "b"]
     assert not r.hexists(jobs.key("j1"), "submit_lease_ms")
+
+
+def test_a_webhook_whose_api_died_before_its_job_existed_is_taken_on_its_next_delivery(
+    redis_url: str, r: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    """The first delivery is marked seen, then its API process dies before the job's record is
+    created: the sender's retry (same webhook id) must make the job, not get "replayed"."""
+    site, secret, msg_id = "crash-blog", new_whsec(), "msg_crash_1"
+    register_site(r, settings, site, "acme")
+    put_site_secret(settings, site, secret)
+    body = json.dumps({"type": "post.generate_requested", "data": {"title": "T", "source": "S."}}).encode()
+
+    def deliver(url: str) -> httpx.Response:
+        now = int(time.time())
+        headers = {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(now),
+            "webhook-signature": sign(secret, msg_id, now, body),
+            "content-type": "application/json",
+        }
+        return httpx.post(f"{url}/v1/webhooks/wordpress/{site}", content=body, headers=headers, timeout=10)
+
+    port = urlsplit(redis_url).port
+    assert port is not None
+    gate = TcpGate(port)
+    log = tmp_path / "api.log"
+    try:
+        with api_server(f"redis://127.0.0.1:{gate.port}/0", log) as (url, pgid):
+            gate.hold_at(hashlib.sha1(_CLAIM.encode()).hexdigest().encode())
+            sender = threading.Thread(target=lambda: _try_deliver(deliver, url), daemon=True)
+            sender.start()
+            assert gate.held.wait(30), "the server never tried to create the job"
+            os.killpg(pgid, signal.SIGKILL)
+            sender.join(30)
+        job_id = webhook_job_id(site, msg_id)
+        assert not r.exists(JobStore(r, "pressline", 60).key(job_id))
+        with api_server(redis_url, log) as (url, _):
+            retried = deliver(url)
+            assert retried.status_code == 202, retried.text
+            assert retried.json()["job_id"] == job_id and messages_of(r, job_id) == 1
+            replayed = deliver(url)
+            assert replayed.status_code == 409 and replayed.json()["error"]["code"] == "replayed_webhook"
+        assert messages_of(r, job_id) == 1
+    finally:
+        gate.close()
+
+
+def _try_deliver(deliver: Any, url: str) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        deliver(url)

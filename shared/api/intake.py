@@ -118,7 +118,11 @@ class WebhookIntake:
             raise _refused(e.reason, e.reason) from None
         site = self._verify(site_id, headers, raw, now)
         self.guard.within_rate(site.tenant)
-        if not self.replay.first_seen(msg_id, scope=site_id):
+        if not self.replay.first_seen(msg_id, scope=site_id) and self.jobs.submitted(
+            webhook_job_id(site_id, msg_id)
+        ):
+            # A replay is refused only once its job is in the queue: a delivery whose API process
+            # died after the replay mark but before the enqueue must not lock its retries out.
             raise ApiError(409, "replayed_webhook", "this webhook id was already received")
         try:
             return self._enqueue(site_id, site.tenant, site.publish_allowed, msg_id, raw)
@@ -187,7 +191,7 @@ class WebhookIntake:
             document = JobInput.model_validate({"title": data.get("title"), "source": data.get("source")})
         except ValidationError:
             raise ApiError(422, "invalid_event", f"{GENERATE} needs data.title and data.source") from None
-        job_id = "wh" + hashlib.sha256(f"{site_id}:{msg_id}".encode()).hexdigest()[:30]  # retries: one job
+        job_id = webhook_job_id(site_id, msg_id)
         options: dict[str, Any] = {
             "site": site_id,
             "publish": site_publishes and data.get("publish") is True,
@@ -209,6 +213,11 @@ class WebhookIntake:
         return ApiResponse(
             202, WebhookAccepted(status="accepted", job_id=job_id, status_url=status_url).model_dump()
         )
+
+
+def webhook_job_id(site_id: str, msg_id: str) -> str:
+    """Every delivery of one event makes one job: its id follows from the site and webhook id."""
+    return "wh" + hashlib.sha256(f"{site_id}:{msg_id}".encode()).hexdigest()[:30]
 
 
 def _missing(site: Site | None) -> str:
