@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dashboards run test lint typecheck unit bench bench-api bench-proxy bench-peers bench-pipeline bench-cache bench-wakeup demo deploy package deps system-deps clean
+.PHONY: dashboards run test lint typecheck unit bench bench-api bench-proxy bench-peers bench-pipeline bench-cache bench-wakeup bench-jobs demo deploy package deps system-deps clean
 
 deps: $(STAMP) system-deps
 
@@ -84,6 +84,11 @@ bench-cache: deps
 # CPU per thread wake-up on this host (read beside bench-proxy's CPU per stream).
 bench-wakeup: deps
 	$(BIN)/python -m bench.wakeup_cost
+
+# The job path's cost per job (Redis commands, S3 requests, worker CPU, $/million jobs) on the real
+# stack, floor (stock RedisBroker), baseline commit and this tree in one run; e.g. ARGS="--jobs 300".
+bench-jobs: deps
+	$(BIN)/python -m bench.jobs_bench $(ARGS)
 
 # Burn-in (issue 15, point 5): the stack with its WordPress under open-loop load while a fault schedule
 # kills, freezes and starves its parts, then an account of every accepted job (exit 1 on a missed
