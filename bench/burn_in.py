@@ -17,7 +17,8 @@ the scenario and get the same figures. It:
    failed send is retried with the same key (webhook id), so a job is *accepted* exactly when a
    202 came back;
 3. meanwhile plays a fault schedule (data: :func:`schedule`): kill -9 of each queue's worker
-   process, of the API's parent, the fake LLM, Redis, the moto endpoint and MariaDB; Redis SIGTERM;
+   process, of the API's parent, the fake LLM, Redis, the moto endpoint, MariaDB and WordPress's php
+   server (its process group); Redis SIGTERM;
    WordPress frozen (SIGSTOP of the php server's process group) and slowed (stopped 3/4 of each
    second); the LLM providers answering 503, 429 or stalling;
 4. samples health every second (API, Redis, the endpoint, the fake LLM, WordPress, MariaDB, each
@@ -130,6 +131,7 @@ FAULT_KINDS: dict[str, tuple[str | None, float]] = {
     "term_redis": ("redis", 0.0),
     "kill_aws": ("aws", 0.0),
     "kill_mariadb": ("mariadb", 0.0),
+    "kill_wordpress": ("wordpress", 0.0),  # the php server's whole process group
     "freeze_wordpress": (None, 20.0),
     "slow_wordpress": (None, 30.0),
     "llm_503": (None, 30.0),
@@ -156,6 +158,7 @@ FULL_CYCLE: tuple[tuple[str, str], ...] = (
     ("kill_aws", ""),
     ("kill_worker", "webhooks"),
     ("kill_mariadb", ""),
+    ("kill_wordpress", ""),
 )
 #: ``--short``: a handful, played once (the LLM window shortened to fit).
 SHORT_CYCLE: tuple[tuple[str, str], ...] = (
@@ -652,6 +655,13 @@ class Faults:
                 raise RuntimeError(f"no {component} process runs")
             record.pid_before = pid
             self._signal(record, pid, signal.SIGTERM if kind == "term_redis" else signal.SIGKILL)
+        elif kind == "kill_wordpress":
+            php = pids.get("wordpress")
+            if php is None:
+                raise RuntimeError("no php server runs")
+            record.component, record.pid_before = "wordpress", php
+            os.killpg(php, signal.SIGKILL)  # the server and its PHP_CLI_SERVER_WORKERS children
+            record.signalled.append(php)
         elif kind in ("freeze_wordpress", "slow_wordpress"):
             php = pids.get("wordpress")
             if php is None:
