@@ -173,7 +173,11 @@ class Reservation:
     reservation_id: str
     tenant: str
     amount_pico: int
-    expires_at_ms: int
+    expires_at_ms: int  # 0: nothing was held (the tenant has no hard limit)
+
+    @property
+    def held(self) -> bool:
+        return self.expires_at_ms > 0
 
 
 @dataclass(frozen=True)
@@ -325,7 +329,9 @@ class BudgetGuard:
         if isinstance(actual, CostEntry):
             if actual.tenant != reservation.tenant:
                 raise ValueError("the entry's tenant is not the reservation's")
-            charge = self.ledger.record(actual, reservation_id=reservation.reservation_id)
+            # Nothing held: the entry's own (request, attempt) mark keeps a repeat from charging twice.
+            held = reservation.reservation_id if reservation.held else None
+            charge = self.ledger.record(actual, reservation_id=held)
         else:
             charge = self.ledger.charge(reservation.tenant, actual, reservation_id=reservation.reservation_id)
         self._report(charge.alerts)

@@ -466,14 +466,10 @@ class CostLedger:
             "saved_pico": entry.saved_pico,
             f"model:{model}": entry.cost_pico,
         }
-        per_request = {k: totals[k] for k in _TOTAL_FIELDS[:5]} | {
-            "attempts": 1,
-            "estimated_attempts": int(u.estimated),
-            "saved_pico": entry.saved_pico,
-        }
-        # A zero adds nothing: fewer commands per charge (missing counters read as 0).
+        # A zero adds nothing: fewer commands per charge (missing counters read as 0). A request's
+        # own totals are summed from its entries when read, so a charge adds no counters there.
         totals = {k: v for k, v in totals.items() if v or k in ("cost_pico", "requests")}
-        per_request = {k: v for k, v in per_request.items() if v or k in ("cost_pico", "attempts")}
+        per_request: dict[str, int] = {}
         labels = {"tenant": entry.tenant, "job_id": entry.job_id or ""}
         fields = entry.fields()
         return self._charge(
@@ -616,15 +612,15 @@ class CostLedger:
             request_id=request_id,
             tenant=f.get("tenant", ""),
             job_id=f.get("job_id") or None,
-            cost_pico=int(f.get("cost_pico", 0)),
+            cost_pico=sum(e.cost_pico for e in entries),
             usage=Usage(
-                input_tokens=int(f.get("input_tokens", 0)),
-                output_tokens=int(f.get("output_tokens", 0)),
-                cached_input_tokens=int(f.get("cached_input_tokens", 0)),
-                cache_write_tokens=int(f.get("cache_write_tokens", 0)),
-                estimated=int(f.get("estimated_attempts", 0)) > 0,
+                input_tokens=sum(e.usage.input_tokens for e in entries),
+                output_tokens=sum(e.usage.output_tokens for e in entries),
+                cached_input_tokens=sum(e.usage.cached_input_tokens for e in entries),
+                cache_write_tokens=sum(e.usage.cache_write_tokens for e in entries),
+                estimated=any(e.usage.estimated for e in entries),
             ),
-            attempts=int(f.get("attempts", 0)),
+            attempts=len(entries),
             entries=entries,
         )
 
