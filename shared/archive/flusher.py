@@ -18,6 +18,7 @@ import random
 import threading
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
@@ -27,7 +28,7 @@ import redis
 from shared.payloads import PayloadStore
 
 from .buffer import buffer_key
-from .record import ArchiveRecord, hour_of
+from .record import hour_of
 
 log = logging.getLogger("pressline.archive")
 
@@ -41,6 +42,11 @@ def object_key(tenant: str, first_id: str, last_id: str) -> str:
     """Named by the batch's first and last buffer ids: the same batch always has the same key."""
     at = datetime.fromtimestamp(int(first_id.split("-")[0]) / 1000, UTC)
     return f"{tenant}/archive/{at:%Y/%m/%d/%H}/{first_id}_{last_id}.jsonl.gz"
+
+
+def compress(body: bytes) -> bytes:
+    """gzip with mtime=0: the same batch gives the same bytes, so a repeated flush rewrites one object."""
+    return gzip.compress(body, mtime=0)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class Archiver:
       lock_s(float): How long a flush may take before another may start (one that takes longer
         may meet a second flush of the same records: harmless, see above).
       index_ttl_s(int): How long the location index is kept (the job records' lifetime).
+      compress(Callable[[bytes], bytes]): Turns a batch's lines into the object's bytes (a gevent
+        process hands it to a native thread, so its greenlets keep running meanwhile).
     """
 
     def __init__(
@@ -74,6 +82,7 @@ class Archiver:
         interval_s: float = 5.0,
         lock_s: float = 15.0,
         index_ttl_s: int = 7 * 24 * 3600,
+        compress: Callable[[bytes], bytes] = compress,
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -82,6 +91,7 @@ class Archiver:
         self.interval_s = interval_s
         self.lock_s = lock_s
         self.index_ttl_s = index_ttl_s
+        self.compress = compress
         self.buffer = buffer_key(namespace)
         self.lock = f"{{{namespace}:archive}}.flush-lock"
 
@@ -118,20 +128,20 @@ class Archiver:
         if not entries:
             return FlushResult(0, 0, False)
         ids = [entry_id.decode() for entry_id, _ in entries]
-        by_tenant: dict[str, list[ArchiveRecord]] = defaultdict(list)
+        by_tenant: dict[str, list[tuple[str, int, bytes]]] = defaultdict(list)
         for _, fields in entries:
-            record = ArchiveRecord.from_json(fields[b"r"])
-            by_tenant[PayloadStore.tenant_prefix(record.tenant)].append(record)
+            tenant = PayloadStore.tenant_prefix(fields[b"t"].decode())
+            by_tenant[tenant].append((fields[b"i"].decode(), int(fields[b"a"]), fields[b"r"]))
         locations: dict[str, dict[str, str]] = defaultdict(dict)
         for tenant, records in by_tenant.items():
             key = object_key(tenant, ids[0], ids[-1])
-            body = b"".join(record.to_json() + b"\n" for record in records)
+            body = b"".join(raw + b"\n" for _, _, raw in records)  # each line as the worker wrote it
             # mtime=0: the same batch gives the same bytes, so a repeated flush rewrites one object.
-            self.payloads.put(key, gzip.compress(body, mtime=0), content_type="application/gzip")
-            for line, record in enumerate(records, start=1):
-                locations[location_key(self.namespace, tenant, hour_of(record.at_ms))][record.id] = (
-                    f"{key}\n{line}"
-                )
+            self.payloads.put(
+                key, gzip.compress(body, compresslevel=6, mtime=0), content_type="application/gzip"
+            )
+            for line, (record_id, at_ms, _) in enumerate(records, start=1):
+                locations[location_key(self.namespace, tenant, hour_of(at_ms))][record_id] = f"{key}\n{line}"
         with self.client.pipeline(transaction=False) as pipe:
             for index_key, mapping in locations.items():
                 pipe.hset(index_key, mapping=mapping)  # type: ignore[arg-type]

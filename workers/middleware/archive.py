@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import dramatiq
 from dramatiq.middleware import Middleware
 
@@ -11,8 +13,9 @@ from shared.archive.flusher import ArchiverThread
 
 class ArchiveFlushing(Middleware):
     """Starts an :class:`~shared.archive.flusher.ArchiverThread` when a worker boots and stops it at
-    shutdown. Every process may run one: the archiver's lock lets one flush at a time, an interval
-    apart. What is still buffered at shutdown stays in Redis for the next flush.
+    shutdown. Every worker process runs one (under gevent, a flush's compression runs on a native
+    thread of gevent's pool, so the greenlets keep running); the archiver's lock lets one flush at
+    a time, an interval apart. What is still buffered at shutdown stays in Redis for the next flush.
 
     Parameters:
       archiver(Archiver)
@@ -23,6 +26,11 @@ class ArchiveFlushing(Middleware):
         self._thread: ArchiverThread | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if _under_gevent():  # compressing a batch on the hub would stall every greenlet meanwhile
+            from gevent import get_hub
+
+            plain = self.archiver.compress
+            self.archiver.compress = lambda body: get_hub().threadpool.apply(plain, (body,))
         self._thread = ArchiverThread(self.archiver)
         self._thread.start()
 
@@ -30,3 +38,9 @@ class ArchiveFlushing(Middleware):
         if self._thread is not None:
             self._thread.stop()
             self._thread = None
+
+
+def _under_gevent() -> bool:
+    """Whether this process runs its actors as greenlets (``dramatiq-gevent``, the infer queue)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched("threading"))
