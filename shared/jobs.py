@@ -321,14 +321,7 @@ class JobStore:
         also: Also | None = None,
     ) -> None:
         fields: dict[str, str | int] = {"state": JobState.RETRYING.value, "last_error": error[:2000]}
-        incr: dict[str, int] = {}
-        if stage:
-            fields[_f(stage, "state")] = StageState.RETRYING.value
-            fields[_f(stage, "error")] = error[:2000]
-            if archive:
-                fields[_f(stage, "archive")] = archive
-            if run_ms:
-                incr[_f(stage, "failed_run_ms")] = run_ms
+        incr = _failed_run(fields, stage, StageState.RETRYING, error, run_ms, archive)
         self._write(job_id, fields, incr=incr, also=also)
 
     def succeeded(self, job_id: str) -> None:
@@ -351,15 +344,9 @@ class JobStore:
             "last_error": error[:2000],
             "finished_at_ms": now,
         }
-        incr: dict[str, int] = {}
+        incr = _failed_run(fields, stage, StageState.FAILED, error, run_ms, archive)
         if stage:
-            fields[_f(stage, "state")] = StageState.FAILED.value
-            fields[_f(stage, "error")] = error[:2000]
             fields[_f(stage, "finished_at_ms")] = now
-            if archive:
-                fields[_f(stage, "archive")] = archive
-            if run_ms:
-                incr[_f(stage, "failed_run_ms")] = run_ms
         self._write(job_id, fields, incr=incr, also=also)
 
     def set_post(self, job_id: str, post: PostRecord) -> None:
@@ -447,6 +434,24 @@ class JobStore:
             if also is not None:
                 also(pipe)
             pipe.execute()
+
+
+def _failed_run(
+    fields: dict[str, str | int],
+    stage: str | None,
+    state: StageState,
+    error: str,
+    run_ms: int,
+    archive: str | None,
+) -> dict[str, int]:
+    """Add a failed run's stage fields to ``fields``; the counters it adds to (its time)."""
+    if not stage:
+        return {}
+    fields[_f(stage, "state")] = state.value
+    fields[_f(stage, "error")] = error[:2000]
+    if archive:
+        fields[_f(stage, "archive")] = archive
+    return {_f(stage, "failed_run_ms"): run_ms} if run_ms else {}
 
 
 def _f(stage: str, name: str) -> str:
